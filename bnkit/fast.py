@@ -1,0 +1,118 @@
+"""Batch norm with the closed-form backward and a minimal cache.
+
+The core, `normalize_forward` / `normalize_backward`, normalises over any
+set of reduction axes; batch, layer, instance and group norm differ only in
+which axes they choose (see `bnkit.norms`).
+
+The closed form. With xhat = (x - mu) * inv_std over m reduced values and
+dxhat = gamma * dout:
+
+    dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+
+and, when gamma is constant over the reduced axes (batch and instance norm),
+mean(dxhat) = gamma * dbeta / m and mean(dxhat * xhat) = gamma * dgamma / m,
+so the backward needs only the two reductions dbeta and dgamma:
+
+    dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m)
+"""
+import numpy as np
+
+from . import _checks
+from ._common import compute_dtype, prepare, running_stats, stable_mean, update_running_stats
+
+
+def _sum_to(a, shape):
+    """Sum `a` over the axes where `shape` has size 1 (undo a broadcast)."""
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and a.shape[i] != 1)
+    return np.sum(a, axis=axes, keepdims=True) if axes else a
+
+
+def batch_stats(x, axes):
+    """(mean, biased var) over `axes`, keepdims, without cancellation:
+    a shifted mean, then the mean of squared deviations (two passes)."""
+    mu = stable_mean(x, axes)
+    xc = x - mu
+    return mu, np.mean(xc * xc, axis=axes, keepdims=True)
+
+
+def normalize_forward(x, gamma, beta, axes, eps, stats=None):
+    """Normalise x over `axes`, then scale and shift.
+
+    Inputs:
+    - x: any shape, float32 or float64 (callers upcast float16).
+    - gamma, beta: arrays that broadcast against x (same ndim).
+    - axes: tuple of the axes the statistics are taken over.
+    - eps: added to the variance inside the square root.
+    - stats: optional (mean, var) broadcastable against x, used instead of
+      the batch's (eval mode); then no gradient flows through them.
+
+    Returns (out, cache, (mean, var)); the cache is (xhat, gamma, inv_std,
+    axes, m, batch) where m is the number of values each statistic is taken
+    over and batch says whether the statistics came from x.
+    """
+    batch = stats is None
+    mu, var = batch_stats(x, axes) if batch else stats
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mu) * inv_std
+    out = xhat * gamma + beta
+    m = int(np.prod([x.shape[a] for a in axes]))
+    return out, (xhat, gamma, inv_std, axes, m, batch), (mu, var)
+
+
+def normalize_backward(dout, cache):
+    """Closed-form backward of `normalize_forward`.
+
+    Returns (dx, dgamma, dbeta); dgamma and dbeta have gamma's (broadcast)
+    shape.
+    """
+    xhat, gamma, inv_std, axes, m, batch = cache
+    dbeta = _sum_to(dout, gamma.shape)
+    dgamma = _sum_to(dout * xhat, gamma.shape)
+    if not batch:  # constant statistics: a per-channel affine map
+        return dout * (gamma * inv_std), dgamma, dbeta
+    if all(gamma.shape[a] == 1 for a in axes):  # gamma constant over the reduction
+        sum_dout = dbeta if dbeta.shape == inv_std.shape else _sum_to(dout, inv_std.shape)
+        sum_dout_xhat = dgamma if dgamma.shape == inv_std.shape else _sum_to(dout * xhat, inv_std.shape)
+        dx = (gamma * inv_std) * (dout - (sum_dout + xhat * sum_dout_xhat) / m)
+    else:  # gamma varies inside a group (group norm): the general form
+        dxhat = dout * gamma
+        dx = inv_std * (
+            dxhat
+            - np.mean(dxhat, axis=axes, keepdims=True)
+            - xhat * np.mean(dxhat * xhat, axis=axes, keepdims=True)
+        )
+    return dx, dgamma, dbeta
+
+
+def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
+    """Batch-norm forward pass, fast.
+
+    Same inputs, semantics and outputs as `bnkit.staged.batchnorm_forward`
+    (PyTorch's: biased variance to normalise, unbiased for running_var,
+    running = (1 - momentum) * running + momentum * batch), but the cache is
+    minimal: a dict with 'core' (the `normalize_forward` cache), 'bshape',
+    and 'dtype'.
+    """
+    x, gamma, beta, spec = prepare(x, gamma, beta, bn_param, axis)
+    dtype = compute_dtype(x)
+    xs = x.astype(dtype, copy=False)
+    g = gamma.astype(dtype, copy=False).reshape(spec.bshape)
+    b = beta.astype(dtype, copy=False).reshape(spec.bshape)
+    stats = None if spec.use_batch_stats else running_stats(bn_param, spec, dtype)
+    out, core, (mu, var) = normalize_forward(xs, g, b, spec.reduce_axes, spec.eps, stats)
+    if spec.mode == "train":
+        update_running_stats(bn_param, mu.reshape(-1), var.reshape(-1), spec.n)
+    cache = dict(core=core, bshape=spec.bshape, dtype=x.dtype)
+    return out.astype(x.dtype, copy=False), cache
+
+
+def batchnorm_backward(dout, cache):
+    """Batch-norm backward pass in closed form.
+
+    Inputs: dout, the shape of the forward's output; cache from
+    `batchnorm_forward`. Returns (dx, dgamma, dbeta) with dgamma, dbeta (C,).
+    """
+    xhat = cache["core"][0]
+    dout = _checks.check_dout(dout, xhat.shape).astype(xhat.dtype, copy=False)
+    dx, dgamma, dbeta = normalize_backward(dout, cache["core"])
+    return dx.astype(cache["dtype"], copy=False), dgamma.reshape(-1), dbeta.reshape(-1)
