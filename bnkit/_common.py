@@ -22,14 +22,15 @@ def compute_dtype(x):
     return np.float32 if x.dtype == np.float16 else x.dtype
 
 
-def stable_mean(x, axes):
-    """Mean over `axes` (keepdims) that stays accurate when |mean| >> spread.
+def first_sample(x, axes):
+    """One sample per channel (index 0 along every reduced axis), keepdims.
 
-    A shifted sum: subtract one sample per channel first, so the summands are
-    small and the float32 sum does not lose the digits that matter.
+    Subtracting it before summing is the "shifted data" trick: the summands
+    become small, so float32 keeps the digits that matter when |mean| >> spread,
+    and x - mean never has to round a large mean. Mathematically it cancels:
+    (x - s) - mean(x - s) = x - mean(x), so no gradient flows through it.
     """
-    shift = x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
-    return shift + np.mean(x - shift, axis=axes, keepdims=True)
+    return x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
 
 
 @dataclass
@@ -63,17 +64,19 @@ def prepare(x, gamma, beta, bn_param, axis):
     eps = _checks.check_eps(bn_param.get("eps", 1e-5))
     _checks.check_momentum(bn_param.get("momentum", 0.1))
     tracking = bn_param.get("track_running_stats", True)
-    if tracking:
-        for key, fill in (("running_mean", np.zeros), ("running_var", np.ones)):
-            if bn_param.get(key) is None:
-                bn_param[key] = fill(C, dtype=dtype)  # created lazily, as in CS231n
-            else:
-                _checks.check_param(key, bn_param[key], (C,), x.shape)
-    reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
     n = x.size // C if C else 0
     use_batch_stats = mode == "train" or not tracking
     if use_batch_stats:
         _checks.check_enough_values(n, x.shape)
+    if tracking:
+        for key in ("running_mean", "running_var"):
+            if bn_param.get(key) is not None:
+                _checks.check_param(key, bn_param[key], (C,), x.shape)
+        # created lazily, as in CS231n, once every check has passed
+        for key, fill in (("running_mean", np.zeros), ("running_var", np.ones)):
+            if bn_param.get(key) is None:
+                bn_param[key] = fill(C, dtype=dtype)
+    reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
     bshape = tuple(C if a == axis else 1 for a in range(x.ndim))
     spec = Spec(axis, reduce_axes, (C,), bshape, n, mode, eps, use_batch_stats)
     return x, gamma, beta, spec

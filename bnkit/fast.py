@@ -18,7 +18,7 @@ so the backward needs only the two reductions dbeta and dgamma:
 import numpy as np
 
 from . import _checks
-from ._common import compute_dtype, prepare, running_stats, stable_mean, update_running_stats
+from ._common import compute_dtype, first_sample, prepare, running_stats, update_running_stats
 
 
 def _sum_to(a, shape):
@@ -27,11 +27,20 @@ def _sum_to(a, shape):
     return np.sum(a, axis=axes, keepdims=True) if axes else a
 
 
+def centre(x, axes):
+    """(mean, x - mean) over `axes`, keepdims, accurate in float32 too:
+    the data are shifted by one sample first (see `_common.first_sample`)."""
+    shift = first_sample(x, axes)
+    xc = x - shift
+    m = np.mean(xc, axis=axes, keepdims=True)
+    xc -= m
+    return shift + m, xc
+
+
 def batch_stats(x, axes):
     """(mean, biased var) over `axes`, keepdims, without cancellation:
-    a shifted mean, then the mean of squared deviations (two passes)."""
-    mu = stable_mean(x, axes)
-    xc = x - mu
+    shifted data, then the mean of squared deviations (no E[x^2] - E[x]^2)."""
+    mu, xc = centre(x, axes)
     return mu, np.mean(xc * xc, axis=axes, keepdims=True)
 
 
@@ -51,9 +60,14 @@ def normalize_forward(x, gamma, beta, axes, eps, stats=None):
     over and batch says whether the statistics came from x.
     """
     batch = stats is None
-    mu, var = batch_stats(x, axes) if batch else stats
+    if batch:
+        mu, xc = centre(x, axes)
+        var = np.mean(xc * xc, axis=axes, keepdims=True)
+    else:
+        mu, var = stats
+        xc = x - mu
     inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = (x - mu) * inv_std
+    xhat = xc * inv_std
     out = xhat * gamma + beta
     m = int(np.prod([x.shape[a] for a in axes]))
     return out, (xhat, gamma, inv_std, axes, m, batch), (mu, var)

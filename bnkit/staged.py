@@ -22,7 +22,7 @@ This module is written to be read, not to be fast: see `bnkit.fast`.
 import numpy as np
 
 from . import _checks
-from ._common import compute_dtype, prepare, running_stats, stable_mean, update_running_stats
+from ._common import compute_dtype, first_sample, prepare, running_stats, update_running_stats
 
 
 def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
@@ -53,7 +53,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     Returns (out, cache):
     - out: same shape and dtype as x.
     - cache: dict of every gate's inputs and outputs (x, mu, xc, sq, var, std,
-      inv_std, xhat, gamma, beta, scaled) plus the shapes needed to sum
+      inv_std, xhat, gamma, beta, scaled; sq is None in eval) plus the shapes needed to sum
       broadcast gradients ('axes', 'n', 'train', 'dtype').
     """
     x, gamma, beta, spec = prepare(x, gamma, beta, bn_param, axis)
@@ -64,14 +64,17 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     b = beta.astype(dtype, copy=False).reshape(spec.bshape)
 
     if spec.use_batch_stats:
-        mu = stable_mean(xs, axes)  # mean
-        xc = xs - mu  # centre
+        shift = first_sample(xs, axes)  # numerics only: a constant that cancels in xc
+        mu = np.mean(xs - shift, axis=axes, keepdims=True)  # mean (of the shifted x)
+        xc = (xs - shift) - mu  # centre
         sq = xc**2  # square
         var = np.mean(sq, axis=axes, keepdims=True)  # variance
+        batch_mean = shift + mu
     else:  # eval: mu and var are constants taken from the running stats
         mu, var = running_stats(bn_param, spec, dtype)
         xc = xs - mu  # centre
         sq = None
+        batch_mean = mu
     std = np.sqrt(var + spec.eps)  # sqrt
     inv_std = 1.0 / std  # invert
     xhat = xc * inv_std  # normalise
@@ -79,9 +82,9 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     out = scaled + b  # shift
 
     if spec.mode == "train":
-        update_running_stats(bn_param, mu.reshape(-1), var.reshape(-1), n)
+        update_running_stats(bn_param, batch_mean.reshape(-1), var.reshape(-1), n)
     cache = dict(
-        x=xs, mu=mu, xc=xc, sq=sq, var=var, std=std, inv_std=inv_std, xhat=xhat,
+        x=xs, mu=batch_mean, xc=xc, sq=sq, var=var, std=std, inv_std=inv_std, xhat=xhat,
         gamma=g, beta=b, scaled=scaled, axes=axes, n=n, train=spec.use_batch_stats,
         dtype=x.dtype,
     )
