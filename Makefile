@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # pytest's own options for a run by hand, e.g. make test PYTEST_ARGS="-k staged"
 PYTEST_ARGS ?=
 
-.PHONY: all venv test book clean help
+.PHONY: all venv test book clean help mathjax chromium
 
 all: test
 
@@ -26,12 +26,57 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+# MathJax 3 from npm, pinned by package-lock.json, copied where the book serves
+# it from (html_extra_path), so that no page needs the network.
+MATHJAX     := book/_extra/mathjax/tex-mml-chtml.js
+MATHJAX_SRC := node_modules/mathjax/es5
+$(MATHJAX): package.json package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	npm ci --no-audit --no-fund --loglevel=error
+	rm -rf book/_extra/mathjax
+	mkdir -p book/_extra/mathjax/output/chtml/fonts book/_extra/mathjax/input/tex
+	cp $(MATHJAX_SRC)/tex-mml-chtml.js book/_extra/mathjax/
+	cp -r $(MATHJAX_SRC)/output/chtml/fonts/woff-v2 book/_extra/mathjax/output/chtml/fonts/
+	cp -r $(MATHJAX_SRC)/input/tex/extensions book/_extra/mathjax/input/tex/
+	cp node_modules/mathjax/LICENSE book/_extra/mathjax/
+	@touch $(MATHJAX)
+
+mathjax: $(MATHJAX)
+
+# Headless Chromium for the browser test: Debian's package (CI runs as root).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"
+
+book: $(STAMP) $(MATHJAX)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going --all
 	@echo "The book is in _build/html/index.html"
 
-test: $(STAMP)
+test: $(STAMP) $(MATHJAX) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf _build .pytest_cache .hypothesis
+	rm -rf _build .pytest_cache .hypothesis book/_extra/mathjax test-artifacts
+
+# ---- The nbgrader course (assignments/README.md). Plain nbgrader, run in
+# assignments/ with the venv's tools on PATH; A picks the assignment.
+A ?= bn_forward
+COURSE_ASSIGNMENTS := bn_forward bn_backward_graph bn_backward_fast bn_spatial_layernorm
+IN_COURSE := cd assignments && PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
+.PHONY: grade-demo generate autograde feedback export-grades
+
+grade-demo: $(STAMP)   ## the whole cycle on sample submissions, in /tmp/bnkit-grade-demo
+	$(PY) assignments/course.py demo --dest /tmp/bnkit-grade-demo
+
+generate: $(STAMP)     ## release/<A>/ for every assignment (solutions, hidden tests removed)
+	$(IN_COURSE) && for a in $(COURSE_ASSIGNMENTS); do nbgrader generate_assignment $$a --force || exit 1; done
+
+autograde: $(STAMP)    ## autograde submitted/*/$(A), with progress, then the grade table
+	$(PY) assignments/course.py autograde $(A) --dir assignments
+
+feedback: $(STAMP)     ## feedback/<student>/$(A)/*.html, hidden tests removed
+	$(IN_COURSE) && nbgrader generate_feedback $(A) --force
+
+export-grades: $(STAMP) ## assignments/grades.csv
+	$(IN_COURSE) && nbgrader export

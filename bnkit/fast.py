@@ -21,10 +21,51 @@ from . import _checks
 from ._common import compute_dtype, first_sample, prepare, running_stats, update_running_stats
 
 
+def _as_channels(a, shape):
+    """a seen as (before, C, after) when `shape` keeps exactly one axis of a
+    contiguous `a` (a per-channel reduction), else None."""
+    kept = [i for i, s in enumerate(shape) if s != 1]
+    if len(kept) != 1 or not a.flags.c_contiguous or a.size == 0:
+        return None
+    k = kept[0]
+    return a.reshape(int(np.prod(a.shape[:k])), a.shape[k], -1)
+
+
 def _sum_to(a, shape):
-    """Sum `a` over the axes where `shape` has size 1 (undo a broadcast)."""
+    """Sum `a` over the axes where `shape` has size 1 (undo a broadcast).
+
+    Per-channel sums of contiguous arrays go through einsum on the
+    (before, C, after) view: one pass, several times faster than np.sum over
+    scattered axes, and as accurate.
+    """
     axes = tuple(i for i, s in enumerate(shape) if s == 1 and a.shape[i] != 1)
-    return np.sum(a, axis=axes, keepdims=True) if axes else a
+    if not axes:
+        return a
+    a3 = _as_channels(a, shape)
+    if a3 is not None:
+        return np.einsum("ijk->j", a3).reshape(shape)
+    return np.sum(a, axis=axes, keepdims=True)
+
+
+def _dot_to(a, b, shape):
+    """_sum_to(a * b, shape), without the x-sized temporary a * b when
+    the per-channel fast path applies."""
+    a3, b3 = _as_channels(a, shape), _as_channels(b, shape)
+    if a3 is not None and b3 is not None and a.shape == b.shape and a.size != np.prod(shape):
+        return np.einsum("ijk,ijk->j", a3, b3).reshape(shape)
+    return _sum_to(a * b, shape)
+
+
+def _mean(a, axes):
+    """np.mean(a, axis=axes, keepdims=True), through the fast `_sum_to`."""
+    shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+    return _sum_to(a, shape) / (a.size // max(1, int(np.prod(shape))))
+
+
+def _mean_of_product(a, b, axes):
+    """mean(a * b) over `axes`, keepdims, through `_dot_to`."""
+    shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+    return _dot_to(a, b, shape) / (a.size // max(1, int(np.prod(shape))))
 
 
 def centre(x, axes):
@@ -32,7 +73,7 @@ def centre(x, axes):
     the data are shifted by one sample first (see `_common.first_sample`)."""
     shift = first_sample(x, axes)
     xc = x - shift
-    m = np.mean(xc, axis=axes, keepdims=True)
+    m = _mean(xc, axes)
     xc -= m
     return shift + m, xc
 
@@ -41,7 +82,7 @@ def batch_stats(x, axes):
     """(mean, biased var) over `axes`, keepdims, without cancellation:
     shifted data, then the mean of squared deviations (no E[x^2] - E[x]^2)."""
     mu, xc = centre(x, axes)
-    return mu, np.mean(xc * xc, axis=axes, keepdims=True)
+    return mu, _mean_of_product(xc, xc, axes)
 
 
 def normalize_forward(x, gamma, beta, axes, eps, stats=None):
@@ -60,15 +101,17 @@ def normalize_forward(x, gamma, beta, axes, eps, stats=None):
     over and batch says whether the statistics came from x.
     """
     batch = stats is None
+    # two fresh x-sized arrays in all: xc (becomes xhat in place) and out
     if batch:
         mu, xc = centre(x, axes)
-        var = np.mean(xc * xc, axis=axes, keepdims=True)
+        var = _mean_of_product(xc, xc, axes)
     else:
         mu, var = stats
         xc = x - mu
     inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = xc * inv_std
-    out = xhat * gamma + beta
+    xhat = np.multiply(xc, inv_std, out=xc)
+    out = xhat * gamma
+    out += beta
     m = int(np.prod([x.shape[a] for a in axes]))
     return out, (xhat, gamma, inv_std, axes, m, batch), (mu, var)
 
@@ -81,13 +124,18 @@ def normalize_backward(dout, cache):
     """
     xhat, gamma, inv_std, axes, m, batch = cache
     dbeta = _sum_to(dout, gamma.shape)
-    dgamma = _sum_to(dout * xhat, gamma.shape)
+    dgamma = _dot_to(dout, xhat, gamma.shape)
     if not batch:  # constant statistics: a per-channel affine map
         return dout * (gamma * inv_std), dgamma, dbeta
     if all(gamma.shape[a] == 1 for a in axes):  # gamma constant over the reduction
         sum_dout = dbeta if dbeta.shape == inv_std.shape else _sum_to(dout, inv_std.shape)
-        sum_dout_xhat = dgamma if dgamma.shape == inv_std.shape else _sum_to(dout * xhat, inv_std.shape)
-        dx = (gamma * inv_std) * (dout - (sum_dout + xhat * sum_dout_xhat) / m)
+        sum_dout_xhat = dgamma if dgamma.shape == inv_std.shape else _dot_to(dout, xhat, inv_std.shape)
+        # dx = gamma * inv_std * (dout - (sum_dout + xhat * sum_dout_xhat) / m), built
+        # in place in one fresh array (large temporaries cost page faults)
+        dx = xhat * (sum_dout_xhat / m)
+        dx += sum_dout / m
+        np.subtract(dout, dx, out=dx)
+        dx *= gamma * inv_std
     else:  # gamma varies inside a group (group norm): the general form
         dxhat = dout * gamma
         dx = inv_std * (

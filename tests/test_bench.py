@@ -1,0 +1,103 @@
+"""`python -m bnkit bench`: the figures it writes, on tiny shapes (no timing
+claims here: performance lives in the benchmark, not in tests), and the
+committed figures the performance chapter plots."""
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from bnkit import bench
+from bnkit.__main__ import main
+
+DATA = pathlib.Path(__file__).resolve().parent.parent / "book" / "data"
+TINY = [("nd", (64, 8)), ("nchw", (4, 3, 5, 5)), ("nhwc", (4, 3, 5, 5))]
+
+
+def test_summary_and_timer():
+    times = bench.time_cpu(lambda: None, repeat=7, warmup=0)
+    assert len(times) == 7 and all(t >= 0 for t in times)
+    s = bench.summary([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s["median_ms"] == 3.0 and s["p20_ms"] <= 3.0 <= s["p80_ms"] and s["runs"] == 5
+
+
+def test_numpy_implementations_agree_with_each_other():
+    """The bench times staged and fast on the same case; both must compute it."""
+    for layout, shape in TINY:
+        case = bench.numpy_case(layout, shape)
+        s_fwd, s_bwd = bench.numpy_impl(bench.staged, case)
+        f_fwd, f_bwd = bench.numpy_impl(bench.fast, case)
+        assert bench.rel_err(f_fwd(), s_fwd()) < 1e-5
+        assert bench.rel_err(f_bwd(), s_bwd()) < 1e-4
+
+
+def test_run_reports_every_field():
+    pytest.importorskip("torch", reason="torch is not installed: no torch-native reference")
+    meta, rows = bench.run("cpu", quick=True, shapes=TINY, repeat=2,
+                           impls=["staged-numpy", "fast-numpy", "torch-native", "bnkit-torch"])
+    for key in ("device_name", "date", "numpy", "torch", "copy_GBps"):
+        assert meta[key]
+    assert meta["copy_GBps"] > 0
+    assert len(rows) == len(TINY) * 4 * 2
+    for r in rows:
+        es = r["elements"] * r["itemsize"]
+        assert r["moved_bytes"] == (3 if r["pass"] == "fwd" else 5) * es
+        assert r["ideal_bytes"] == (2 if r["pass"] == "fwd" else 3) * es
+        assert r["GBps"] == pytest.approx(r["moved_bytes"] / (r["median_ms"] * 1e-3) / 1e9)
+        assert r["frac_copy"] == pytest.approx(r["GBps"] / meta["copy_GBps"])
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        # every implementation computed the same thing as torch's native kernel
+        assert r["rel_err_vs_native"] < 1e-4, r
+        if r["impl"] == "torch-native":
+            assert r["vs_native"] == 1.0
+
+
+def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "QUICK_SHAPES", TINY)
+    out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    assert main(["bench", "--quick", "--impl", "fast-numpy", "--impl", "staged-numpy", "--repeat", "2",
+                 "--json", str(out_json), "--csv", str(out_csv)]) == 0
+    data = json.loads(out_json.read_text())
+    assert {r["impl"] for r in data["results"]} == {"fast-numpy", "staged-numpy"}
+    assert data["meta"]["device"] == "cpu" and data["meta"]["numpy"] == np.__version__
+    with open(out_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(data["results"]) and rows[0]["device_name"]
+    assert "fast-numpy" in capsys.readouterr().out  # the table
+    err = capsys.readouterr().err
+    assert err == "" or "[" in err or "wrote" in err
+
+
+def test_cuda_paths_skip_with_a_reason():
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if cuda:
+        pytest.skip("this machine has CUDA: nothing is skipped")
+    impls = bench.available_impls("cuda")
+    assert {n for n, _ in impls} == set(bench.CUDA_IMPLS)
+    assert all(reason for _, reason in impls)
+
+
+@pytest.mark.parametrize("name", ["bench-h100.json", "bench-cpu.json"])
+def test_committed_figures_are_complete(name):
+    """The chapter plots these files; they must hold every implementation and
+    shape, the environment, and results that agree with PyTorch."""
+    data = json.loads((DATA / name).read_text())
+    meta, rows = data["meta"], data["results"]
+    for key in ("device_name", "date", "torch", "numpy", "copy_GBps"):
+        assert meta[key]
+    impls = bench.CUDA_IMPLS if meta["device"] == "cuda" else bench.CPU_IMPLS
+    assert {r["impl"] for r in rows} == set(impls)
+    if meta["device"] == "cuda":
+        assert "H100" in meta["device_name"]
+        assert {r["dtype"] for r in rows} == {"float32", "float16", "bfloat16"}
+        assert {(r["layout"], r["shape"]) for r in rows} == {
+            (layout, "x".join(map(str, s))) for layout, s in bench.FULL_SHAPES}
+    for r in rows:
+        assert r["median_ms"] > 0
+        tol = 1e-4 if r["dtype"] == "float32" else 2e-2
+        assert r["rel_err_vs_native"] is not None and r["rel_err_vs_native"] < tol, r
