@@ -1,0 +1,300 @@
+"""A thin helper around nbgrader for the bnkit course; it hides nothing.
+
+Every step is an ordinary nbgrader command, printed before it runs, executed
+in a course directory (this one by default). Subcommands:
+
+    python assignments/course.py demo [--dest DIR]
+        the whole cycle on sample submissions in a scratch copy of the course:
+        generate -> place submissions -> autograde -> feedback -> export CSV,
+        then the grade table
+    python assignments/course.py samples ASSIGNMENT [--dest DIR]
+        write the catalogue's sample submissions into DIR/submitted/
+    python assignments/course.py autograde ASSIGNMENT [--dir DIR]
+        nbgrader autograde with a progress line per student
+    python assignments/course.py table ASSIGNMENT [--dir DIR]
+        the grade table from gradebook.db
+
+Sample submissions come from `catalogue.py`: the source solution with a
+documented change (a bug, an equivalent rewrite, a cheat or damage).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import catalogue  # noqa: E402
+
+ASSIGNMENTS = ["bn_forward", "bn_backward_graph", "bn_backward_fast", "bn_spatial_layernorm"]
+MARKERS = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n", re.M)
+
+
+def _env():
+    """nbgrader needs its companions (alembic, jupyter) on PATH: use this Python's."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.pop("NBGRADER_EXECUTION", None)
+    return env
+
+
+def nbgrader(course, *args, progress=False, quiet=False):
+    """Run `nbgrader ARGS` in `course`; return (returncode, log text).
+
+    With progress=True, print one line per student as nbgrader reaches it.
+    """
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    if not quiet:
+        print("$ nbgrader " + " ".join(args), flush=True)
+    proc = subprocess.Popen(cmd, cwd=course, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, seen, t0 = [], 0, time.time()
+    total = len(list((Path(course) / "submitted").glob(f"*/{args[1]}"))) if len(args) > 1 else 0
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"Sanitizing .*/submitted/([^/]+)/", line)
+        if progress and m:
+            seen += 1
+            print(f"  [{seen}/{total}] {m.group(1)}  ({time.time() - t0:.0f} s)", flush=True)
+    proc.wait()
+    return proc.returncode, "".join(lines)
+
+
+def copy_course(dest):
+    """A scratch copy of the course: config, sources, catalogue (no generated files)."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy(HERE / "nbgrader_config.py", dest)
+    shutil.copytree(HERE / "source", dest / "source")
+    return dest
+
+
+def _cells_by_id(nb):
+    return {c["metadata"].get("nbgrader", {}).get("grade_id"): c for c in nb["cells"]}
+
+
+def _source(cell):
+    s = cell["source"]
+    return "".join(s) if isinstance(s, list) else s
+
+
+def submission(course, assignment, variant=None):
+    """A student's notebook (JSON text): the released notebook filled with the
+    source solutions (markers removed), then changed as `variant` says.
+
+    variant None: the source solution; "blank": the released notebook untouched.
+    """
+    course = Path(course)
+    release = json.loads((course / "release" / assignment / f"{assignment}.ipynb").read_text())
+    if variant == "blank":
+        return json.dumps(release, indent=1)
+    source = _cells_by_id(json.loads((course / "source" / assignment / f"{assignment}.ipynb").read_text()))
+    cells = _cells_by_id(release)
+    for gid, cell in cells.items():
+        meta = cell["metadata"].get("nbgrader", {})
+        if meta.get("solution") and cell["cell_type"] == "code":
+            cell["source"] = MARKERS.sub("", _source(source[gid]))
+        elif meta.get("solution"):  # written answers
+            cell["source"] = _source(source[gid])
+    if variant is not None:
+        for gid, edits in variant.edits.items():
+            text = _source(cells[gid])
+            for old, new in edits:
+                if old not in text:
+                    raise ValueError(f"catalogue {variant.name}: {old!r} not found in cell {gid}")
+                text = text.replace(old, new)
+            cells[gid]["source"] = text
+        for gid, text in variant.cells.items():
+            cells[gid]["source"] = text.strip("\n") + "\n"
+        if variant.mutation:
+            return mutate(release, variant.mutation)
+    return json.dumps(release, indent=1)
+
+
+def mutate(nb, mutation):
+    """Damage or tamper with a notebook as a student might; return JSON text."""
+    kind, _, gid = mutation.partition(":")
+    cells = nb["cells"]
+    index = {c["metadata"].get("nbgrader", {}).get("grade_id"): i for i, c in enumerate(cells)}
+    if kind == "edit":  # the test cell's code replaced
+        cells[index[gid]]["source"] = "pass  # no tests here\n"
+    elif kind == "delete":
+        del cells[index[gid]]
+    elif kind == "retype":  # deleted, then a look-alike typed in a new cell
+        i = index[gid]
+        cells[i] = {"cell_type": "code", "execution_count": None, "id": "retyped", "metadata": {},
+                    "outputs": [], "source": "print('all tests passed')  # " + gid + "\n"}
+    elif kind == "strip_metadata":
+        for c in cells:
+            c["metadata"].pop("nbgrader", None)
+    elif kind == "invalid_json":
+        return json.dumps(nb, indent=1)[:5000]
+    elif kind == "alt_via_copy":  # the staged backward, renamed, called by the "closed form"
+        staged = _source(cells[index["batchnorm_backward"]])
+        copy = staged.replace("def batchnorm_backward(", "def _my_backward(")
+        cells[index["batchnorm_backward_alt"]]["source"] = (
+            copy + "\n\ndef batchnorm_backward_alt(dout, cache):\n    return _my_backward(dout, cache)\n")
+    else:
+        raise ValueError(f"unknown mutation {mutation!r}")
+    return json.dumps(nb, indent=1)
+
+
+def place(course, assignment, notebooks):
+    """Write {student: notebook JSON text} into submitted/<student>/<assignment>/."""
+    for student, text in notebooks.items():
+        d = Path(course) / "submitted" / student / assignment
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{assignment}.ipynb").write_text(text)
+
+
+def samples(course, assignment, variants=None):
+    """The source solution, the blank notebook and the catalogue's variants."""
+    notebooks = {"solution": submission(course, assignment), "blank": submission(course, assignment, "blank")}
+    for v in catalogue.VARIANTS if variants is None else variants:
+        if v.assignment == assignment:
+            notebooks[v.name] = submission(course, assignment, v)
+    place(course, assignment, notebooks)
+    return notebooks
+
+
+def check_submissions(course, assignment):
+    """Problems nbgrader would fail on, one clear line per student: [(student, problem)].
+
+    nbgrader reports such notebooks with a bare traceback (JSONDecodeError,
+    KeyError) and moves on to the next student; this says what is wrong.
+    """
+    course = Path(course)
+    release = json.loads((course / "release" / assignment / f"{assignment}.ipynb").read_text())
+    wanted = [c["metadata"]["nbgrader"]["grade_id"] for c in release["cells"]
+              if c["metadata"].get("nbgrader", {}).get("solution") or c["metadata"].get("nbgrader", {}).get("grade")]
+    problems = []
+    for path in sorted(course.glob(f"submitted/*/{assignment}/{assignment}.ipynb")):
+        student = path.parts[-3]
+        try:
+            nb = json.loads(path.read_text())
+            ids = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb["cells"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            problems.append((student, f"the notebook is not valid notebook JSON ({e}); "
+                                      "ask for a fresh copy of the released notebook with the answers pasted in"))
+            continue
+        missing = [g for g in wanted if g not in ids]
+        if len(missing) == len(wanted):
+            problems.append((student, "every nbgrader cell lost its metadata (opened in another tool?); nbgrader "
+                                      "cannot match the answers: ask for the answers in a fresh released notebook"))
+        elif missing:
+            problems.append((student, "cells missing or without nbgrader metadata: " + ", ".join(missing) +
+                                      " (test cells are restored from the source; answers are lost)"))
+    return problems
+
+
+def scores(course, assignment):
+    """{student: {grade id: (score, max score)}} from gradebook.db; score is None
+    where a written answer still waits for manual grading."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    result = {}
+    with Gradebook(f"sqlite:///{Path(course) / 'gradebook.db'}") as gb:
+        for student in gb.students:
+            try:
+                sub = gb.find_submission(assignment, student.id)
+            except MissingEntry:
+                continue
+            result[student.id] = {g.name: (None if g.needs_manual_grade else g.score, g.max_score)
+                                  for nb in sub.notebooks for g in nb.grades}
+    return result
+
+
+def table(course, assignment):
+    """The grade table as text: one row per student, one column per test."""
+    sc = scores(course, assignment)
+    tests = sorted({t for row in sc.values() for t in row})
+    width = max([len(s) for s in sc] + [7])
+    lines = [f"{'student':<{width}}  " + "  ".join(tests) + "  total"]
+    for student in sorted(sc):
+        row = sc[student]
+        cols = [("-" if t not in row else "?" if row[t][0] is None else f"{row[t][0]:g}") +
+                (f"/{row[t][1]:g}" if t in row else "") for t in tests]
+        cols = [c.rjust(len(t)) for c, t in zip(cols, tests)]
+        total = sum(v[0] for v in row.values() if v[0] is not None)
+        top = sum(v[1] for v in row.values() if v[0] is not None)
+        lines.append(f"{student:<{width}}  " + "  ".join(cols) + f"  {total:g}/{top:g}")
+    return "\n".join(lines)
+
+
+def demo(dest):
+    """The whole instructor cycle on a handful of sample submissions."""
+    course = copy_course(dest)
+    assignment = "bn_forward"
+    picks = [v for v in catalogue.VARIANTS if v.name in
+             ("eps_outside_sqrt", "biased_running_var", "eval_uses_batch_stats", "one_pass_variance",
+              "cheat_import_bnkit", "invalid_json")]
+    steps = [
+        ("generate the student version (solutions and hidden tests removed)",
+         ["generate_assignment", assignment, "--force"]),
+    ]
+    for what, args in steps:
+        print(f"\n== {what}")
+        rc, log = nbgrader(course, *args)
+        if rc:
+            print(log)
+            raise SystemExit(rc)
+    print("\n== release: hand out release/bn_forward/ (or `nbgrader release_assignment` with an exchange)")
+    print("== collect: place submissions in submitted/<student>/bn_forward/ (or `nbgrader collect`)")
+    samples(course, assignment, picks)
+    for student in sorted(os.listdir(course / "submitted")):
+        print("   ", student)
+    print("\n== check the submissions before grading")
+    for student, problem in check_submissions(course, assignment):
+        print(f"   {student}: {problem}")
+    print("\n== autograde (one kernel per student; a stuck cell times out, a broken notebook is reported)")
+    rc, log = nbgrader(course, "autograde", assignment, "--force", progress=True)
+    for line in log.splitlines():
+        if "ERROR" in line and "There was an error processing" in line:
+            print("   ", line.strip())
+    print("\n== feedback (HTML per student, hidden tests removed)")
+    nbgrader(course, "generate_feedback", assignment, "--force")
+    print("\n== export grades as CSV")
+    nbgrader(course, "export")
+    print(f"\n{(course / 'grades.csv').read_text()}")
+    print("== grade table (? = a written answer waiting for manual grading in formgrader; total = graded so far)\n")
+    print(table(course, assignment))
+    print(f"\nEverything is in {course}: release/, submitted/, autograded/, feedback/, gradebook.db, grades.csv")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo")
+    d.add_argument("--dest", default="/tmp/bnkit-grade-demo")
+    s = sub.add_parser("samples")
+    s.add_argument("assignment", choices=ASSIGNMENTS)
+    s.add_argument("--dest", default=str(HERE))
+    for name in ("autograde", "table"):
+        a = sub.add_parser(name)
+        a.add_argument("assignment", choices=ASSIGNMENTS)
+        a.add_argument("--dir", default=str(HERE))
+    args = p.parse_args(argv)
+    if args.cmd == "demo":
+        demo(args.dest)
+    elif args.cmd == "samples":
+        samples(args.dest, args.assignment)
+    elif args.cmd == "autograde":
+        for student, problem in check_submissions(args.dir, args.assignment):
+            print(f"warning: {student}: {problem}")
+        rc, _ = nbgrader(args.dir, "autograde", args.assignment, "--force", progress=True)
+        print(table(args.dir, args.assignment))
+        return rc
+    elif args.cmd == "table":
+        print(table(args.dir, args.assignment))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
