@@ -37,19 +37,20 @@ def first_sample(x, axes):
 class Spec:
     """Everything about one call that is not the data itself."""
 
-    axis: int  # channel axis, non-negative
-    reduce_axes: tuple  # every other axis
-    param_shape: tuple  # (C,)
+    reduce_axes: tuple  # every axis but the channel axis
     bshape: tuple  # (1, C, 1, ...) : how (C,) arrays broadcast against x
     n: int  # values per channel
     mode: str  # 'train' or 'eval'
     eps: float
     use_batch_stats: bool  # train mode, or running stats not tracked
+    dtype: np.dtype  # x's dtype, which the outputs take
 
 
 def prepare(x, gamma, beta, bn_param, axis):
     """Validate a batch-norm call; return (x, gamma, beta, spec).
 
+    The returned x is in the compute dtype (float16 becomes float32);
+    gamma and beta too, reshaped to spec.bshape so they broadcast against x.
     `gamma` or `beta` may be None (affine=False): they become 1 and 0.
     """
     x = _checks.check_float_array("x", x)
@@ -78,8 +79,10 @@ def prepare(x, gamma, beta, bn_param, axis):
                 bn_param[key] = fill(C, dtype=dtype)
     reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
     bshape = tuple(C if a == axis else 1 for a in range(x.ndim))
-    spec = Spec(axis, reduce_axes, (C,), bshape, n, mode, eps, use_batch_stats)
-    return x, gamma, beta, spec
+    spec = Spec(reduce_axes, bshape, n, mode, eps, use_batch_stats, x.dtype)
+    gamma = gamma.astype(dtype, copy=False).reshape(bshape)
+    beta = beta.astype(dtype, copy=False).reshape(bshape)
+    return x.astype(dtype, copy=False), gamma, beta, spec
 
 
 def update_running_stats(bn_param, mean, var, n):

@@ -18,7 +18,7 @@ so the backward needs only the two reductions dbeta and dgamma:
 import numpy as np
 
 from . import _checks
-from ._common import compute_dtype, first_sample, prepare, running_stats, update_running_stats
+from ._common import first_sample, prepare, running_stats, update_running_stats
 
 
 def _as_channels(a, shape):
@@ -152,20 +152,16 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     Same inputs, semantics and outputs as `bnkit.staged.batchnorm_forward`
     (PyTorch's: biased variance to normalise, unbiased for running_var,
     running = (1 - momentum) * running + momentum * batch), but the cache is
-    minimal: a dict with 'core' (the `normalize_forward` cache), 'bshape',
-    and 'dtype'.
+    minimal: a dict with 'core' (the `normalize_forward` cache) and 'dtype'
+    (x's, which dx takes).
     """
-    x, gamma, beta, spec = prepare(x, gamma, beta, bn_param, axis)
-    dtype = compute_dtype(x)
-    xs = x.astype(dtype, copy=False)
-    g = gamma.astype(dtype, copy=False).reshape(spec.bshape)
-    b = beta.astype(dtype, copy=False).reshape(spec.bshape)
-    stats = None if spec.use_batch_stats else running_stats(bn_param, spec, dtype)
+    xs, g, b, spec = prepare(x, gamma, beta, bn_param, axis)
+    stats = None if spec.use_batch_stats else running_stats(bn_param, spec, xs.dtype)
     out, core, (mu, var) = normalize_forward(xs, g, b, spec.reduce_axes, spec.eps, stats)
     if spec.mode == "train":
         update_running_stats(bn_param, mu.reshape(-1), var.reshape(-1), spec.n)
-    cache = dict(core=core, bshape=spec.bshape, dtype=x.dtype)
-    return out.astype(x.dtype, copy=False), cache
+    cache = dict(core=core, dtype=spec.dtype)
+    return out.astype(spec.dtype, copy=False), cache
 
 
 def batchnorm_backward(dout, cache):

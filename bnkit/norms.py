@@ -12,6 +12,7 @@ reduction axes: the book's N-C-H-W cube figure shows which.
 import numpy as np
 
 from . import _checks, fast
+from ._common import compute_dtype
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
@@ -35,7 +36,7 @@ def _prepare(x, gamma, beta, param_shape, param, kind):
     x = _checks.check_float_array("x", x)
     if x.ndim < 2:
         raise ValueError(f"{kind} expects x of shape (N, ...) with at least 2 axes, got shape {x.shape}")
-    dtype = np.float32 if x.dtype == np.float16 else x.dtype
+    dtype = compute_dtype(x)
     gamma = np.ones(param_shape, dtype) if gamma is None else _checks.check_param("gamma", gamma, param_shape, x.shape)
     beta = np.zeros(param_shape, dtype) if beta is None else _checks.check_param("beta", beta, param_shape, x.shape)
     eps = _checks.check_eps((param or {}).get("eps", 1e-5))

@@ -22,7 +22,7 @@ This module is written to be read, not to be fast: see `bnkit.fast`.
 import numpy as np
 
 from . import _checks
-from ._common import compute_dtype, first_sample, prepare, running_stats, update_running_stats
+from ._common import first_sample, prepare, running_stats, update_running_stats
 
 
 def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
@@ -56,12 +56,8 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
       inv_std, xhat, gamma, beta, scaled; sq is None in eval) plus the shapes needed to sum
       broadcast gradients ('axes', 'n', 'train', 'dtype').
     """
-    x, gamma, beta, spec = prepare(x, gamma, beta, bn_param, axis)
-    dtype = compute_dtype(x)
-    xs = x.astype(dtype, copy=False)
+    xs, g, b, spec = prepare(x, gamma, beta, bn_param, axis)
     axes, n = spec.reduce_axes, spec.n
-    g = gamma.astype(dtype, copy=False).reshape(spec.bshape)
-    b = beta.astype(dtype, copy=False).reshape(spec.bshape)
 
     if spec.use_batch_stats:
         shift = first_sample(xs, axes)  # numerics only: a constant that cancels in xc
@@ -71,7 +67,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
         var = np.mean(sq, axis=axes, keepdims=True)  # variance
         batch_mean = shift + mu
     else:  # eval: mu and var are constants taken from the running stats
-        mu, var = running_stats(bn_param, spec, dtype)
+        mu, var = running_stats(bn_param, spec, xs.dtype)
         xc = xs - mu  # centre
         sq = None
         batch_mean = mu
@@ -86,9 +82,9 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     cache = dict(
         x=xs, mu=batch_mean, xc=xc, sq=sq, var=var, std=std, inv_std=inv_std, xhat=xhat,
         gamma=g, beta=b, scaled=scaled, axes=axes, n=n, train=spec.use_batch_stats,
-        dtype=x.dtype,
+        dtype=spec.dtype,
     )
-    return out.astype(x.dtype, copy=False), cache
+    return out.astype(spec.dtype, copy=False), cache
 
 
 def batchnorm_backward(dout, cache):
