@@ -153,6 +153,22 @@ def ics_measure(model, loss_fn, xb, yb, lr, layers):
     return out
 
 
+def sgd_with_probes(model, loss_fn, x, y, *, steps, lr, batch_size, probe_every, seed, probe):
+    """Plain minibatch SGD for `steps` steps; every `probe_every` steps (and at
+    step 0), before the update, `probe(step, xb, yb)` measures the model on
+    the batch it is about to train on."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for step, idx in zip(range(steps + 1), batches(len(x), batch_size, seed)):
+        xb, yb = x[idx], y[idx]
+        if step % probe_every == 0:
+            probe(step, xb, yb)
+        if step == steps:
+            break
+        opt.zero_grad()
+        loss_fn(model(xb), yb).backward()
+        opt.step()
+
+
 def ics_deep_linear(steps=1000, lr=0.01, batch_size=100, measure_every=100, depth=25, width=10,
                     layers=(5, 12, 20), seed=0, progress=False):
     """Train the deep linear network with and without BN (MSE, SGD, same seed)
@@ -168,22 +184,18 @@ def ics_deep_linear(steps=1000, lr=0.01, batch_size=100, measure_every=100, dept
     for name, bn in (("plain", False), ("bn", True)):
         setup(seed)
         model = deep_linear(depth, width, bn)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
         say = Progress(progress, f"ics {name}")
         r = dict(step=[], loss=[], ics=[])
-        for step, idx in zip(range(steps + 1), batches(len(x), batch_size, seed)):
-            xb, yb = x[idx], y[idx]
-            if step % measure_every == 0:
-                r["step"].append(step)
-                r["ics"].append(ics_measure(model, loss_fn, xb, yb, lr, layers))
-                with torch.no_grad():
-                    r["loss"].append(loss_fn(model(xb), yb).item())
-                say(f"step {step:5d}  loss {r['loss'][-1]:.4f}  cos(G, G') {np.mean([c for *_, c in r['ics'][-1]]):.3f}")
-            if step == steps:
-                break
-            opt.zero_grad()
-            loss_fn(model(xb), yb).backward()
-            opt.step()
+
+        def measure(step, xb, yb):
+            r["step"].append(step)
+            r["ics"].append(ics_measure(model, loss_fn, xb, yb, lr, layers))
+            with torch.no_grad():
+                r["loss"].append(loss_fn(model(xb), yb).item())
+            say(f"step {step:5d}  loss {r['loss'][-1]:.4f}  cos(G, G') {np.mean([c for *_, c in r['ics'][-1]]):.3f}")
+
+        sgd_with_probes(model, loss_fn, x, y, steps=steps, lr=lr, batch_size=batch_size,
+                        probe_every=measure_every, seed=seed, probe=measure)
         r["ics"] = np.array(r["ics"])
         out[name] = r
     return out
@@ -238,23 +250,19 @@ def landscape(steps=2000, lr=1.0, batch_size=60, probe_every=50, factors=(0.5, 1
     for name, bn in (("plain", False), ("bn", True)):
         setup(seed)
         model = mlp(bn=bn, act=act)
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
         say = Progress(progress, f"landscape {name}")
         r = dict(step=[], loss_range=[], grad_change=[], beta=[])
-        for step, idx in zip(range(steps + 1), batches(len(data.x_train), batch_size, seed)):
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            if step % probe_every == 0:
-                losses, changes, beta = probe_along_gradient(model, loss_fn, xb, yb, lr, factors)
-                r["step"].append(step)
-                r["loss_range"].append(losses.max() - losses.min())
-                r["grad_change"].append(changes.max())
-                r["beta"].append(beta)
-                say(f"step {step:5d}  loss range {r['loss_range'][-1]:.3f}  beta {beta:.3f}")
-            if step == steps:
-                break
-            opt.zero_grad()
-            loss_fn(model(xb), yb).backward()
-            opt.step()
+
+        def probe(step, xb, yb):
+            losses, changes, beta = probe_along_gradient(model, loss_fn, xb, yb, lr, factors)
+            r["step"].append(step)
+            r["loss_range"].append(losses.max() - losses.min())
+            r["grad_change"].append(changes.max())
+            r["beta"].append(beta)
+            say(f"step {step:5d}  loss range {r['loss_range'][-1]:.3f}  beta {beta:.3f}")
+
+        sgd_with_probes(model, loss_fn, data.x_train, data.y_train, steps=steps, lr=lr,
+                        batch_size=batch_size, probe_every=probe_every, seed=seed, probe=probe)
         out[name] = {k: np.array(v) for k, v in r.items()}
         out[name]["test_acc"] = evaluate(model, data)
     return out
