@@ -394,13 +394,13 @@ class BatchNormFunction(torch.autograd.Function):
                                            momentum, eps)
         out = _affine(x3, None, shape, scale, shift, None, torch.empty_like(x3))
         ctx.save_for_backward(x3, weight, mean, invstd)
-        ctx.shape, ctx.train = shape, True
+        ctx.shape = shape
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x3, weight, mean, invstd = ctx.saved_tensors
-        dx, dw, db = backward(x3, dout, weight, mean, invstd, ctx.shape, ctx.train)
+        dx, dw, db = backward(x3, dout, weight, mean, invstd, ctx.shape, train=True)
         return dx, dw, db, None, None, None, None, None
 
 
