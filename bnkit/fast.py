@@ -15,10 +15,44 @@ so the backward needs only the two reductions dbeta and dgamma:
 
     dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m)
 """
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
 import numpy as np
 
-from . import _checks
-from ._common import first_sample, prepare, running_stats, update_running_stats
+from ._common import check_dout, first_sample, prepare, running_stats, update_running_stats
+
+
+class NormCache(NamedTuple):
+    """What `normalize_forward` keeps for `normalize_backward`.
+
+    - xhat: the normalised input, x's shape.
+    - gamma: the scale as it broadcast against x.
+    - inv_std: 1 / sqrt(var + eps), keepdims over `axes`.
+    - axes: the reduced axes.
+    - m: values each statistic is taken over.
+    - batch: True when the statistics came from x (gradients flow through
+      them), False for given statistics (eval mode).
+    """
+
+    xhat: np.ndarray
+    gamma: np.ndarray
+    inv_std: np.ndarray
+    axes: Tuple[int, ...]
+    m: int
+    batch: bool
+
+
+@dataclass
+class BatchNormCache:
+    """What `batchnorm_forward` keeps: the core's `NormCache` and x's dtype
+    (which dx takes). `cache["core"]` reads a field too, as a dict would."""
+
+    core: NormCache
+    dtype: np.dtype
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
 
 
 def _as_channels(a, shape):
@@ -68,7 +102,7 @@ def _mean_of_product(a, b, axes):
     return _dot_to(a, b, shape) / (a.size // max(1, int(np.prod(shape))))
 
 
-def centre(x, axes):
+def centre(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
     """(mean, x - mean) over `axes`, keepdims, accurate in float32 too:
     the data are shifted by one sample first (see `_common.first_sample`)."""
     shift = first_sample(x, axes)
@@ -78,14 +112,16 @@ def centre(x, axes):
     return shift + m, xc
 
 
-def batch_stats(x, axes):
+def batch_stats(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
     """(mean, biased var) over `axes`, keepdims, without cancellation:
     shifted data, then the mean of squared deviations (no E[x^2] - E[x]^2)."""
     mu, xc = centre(x, axes)
     return mu, _mean_of_product(xc, xc, axes)
 
 
-def normalize_forward(x, gamma, beta, axes, eps, stats=None):
+def normalize_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axes: Tuple[int, ...], eps: float,
+                      stats: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                      ) -> Tuple[np.ndarray, NormCache, Tuple[np.ndarray, np.ndarray]]:
     """Normalise x over `axes`, then scale and shift.
 
     Inputs:
@@ -96,9 +132,10 @@ def normalize_forward(x, gamma, beta, axes, eps, stats=None):
     - stats: optional (mean, var) broadcastable against x, used instead of
       the batch's (eval mode); then no gradient flows through them.
 
-    Returns (out, cache, (mean, var)); the cache is (xhat, gamma, inv_std,
-    axes, m, batch) where m is the number of values each statistic is taken
-    over and batch says whether the statistics came from x.
+    Returns (out, cache, (mean, var)):
+    - out: x's shape.
+    - cache: a `NormCache` (xhat, gamma, inv_std, axes, m, batch).
+    - mean, var: the statistics used (biased variance), keepdims.
     """
     batch = stats is None
     # two fresh x-sized arrays in all: xc (becomes xhat in place) and out
@@ -113,11 +150,14 @@ def normalize_forward(x, gamma, beta, axes, eps, stats=None):
     out = xhat * gamma
     out += beta
     m = int(np.prod([x.shape[a] for a in axes]))
-    return out, (xhat, gamma, inv_std, axes, m, batch), (mu, var)
+    return out, NormCache(xhat, gamma, inv_std, axes, m, batch), (mu, var)
 
 
-def normalize_backward(dout, cache):
+def normalize_backward(dout: np.ndarray, cache: NormCache) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closed-form backward of `normalize_forward`.
+
+    - dout: upstream gradient, x's shape.
+    - cache: the `NormCache` from `normalize_forward`.
 
     Returns (dx, dgamma, dbeta); dgamma and dbeta have gamma's (broadcast)
     shape.
@@ -146,31 +186,32 @@ def normalize_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
+def batchnorm_forward(x, gamma: Optional[np.ndarray], beta: Optional[np.ndarray], bn_param: dict,
+                      axis: int = 1) -> Tuple[np.ndarray, BatchNormCache]:
     """Batch-norm forward pass, fast.
 
     Same inputs, semantics and outputs as `bnkit.staged.batchnorm_forward`
     (PyTorch's: biased variance to normalise, unbiased for running_var,
-    running = (1 - momentum) * running + momentum * batch), but the cache is
-    minimal: a dict with 'core' (the `normalize_forward` cache) and 'dtype'
-    (x's, which dx takes).
+    running = (1 - momentum) * running + momentum * batch, see
+    `bnkit.conventions`), but the cache is minimal: a `BatchNormCache` holding
+    the core's `NormCache` and x's dtype (which dx takes).
     """
     xs, g, b, spec = prepare(x, gamma, beta, bn_param, axis)
     stats = None if spec.use_batch_stats else running_stats(bn_param, spec, xs.dtype)
     out, core, (mu, var) = normalize_forward(xs, g, b, spec.reduce_axes, spec.eps, stats)
     if spec.mode == "train":
-        update_running_stats(bn_param, mu.reshape(-1), var.reshape(-1), spec.n)
-    cache = dict(core=core, dtype=spec.dtype)
+        update_running_stats(bn_param, spec, mu.reshape(-1), var.reshape(-1))
+    cache = BatchNormCache(core, spec.dtype)
     return out.astype(spec.dtype, copy=False), cache
 
 
-def batchnorm_backward(dout, cache):
+def batchnorm_backward(dout, cache: BatchNormCache) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch-norm backward pass in closed form.
 
     Inputs: dout, the shape of the forward's output; cache from
     `batchnorm_forward`. Returns (dx, dgamma, dbeta) with dgamma, dbeta (C,).
     """
-    xhat = cache["core"][0]
-    dout = _checks.check_dout(dout, xhat.shape).astype(xhat.dtype, copy=False)
-    dx, dgamma, dbeta = normalize_backward(dout, cache["core"])
-    return dx.astype(cache["dtype"], copy=False), dgamma.reshape(-1), dbeta.reshape(-1)
+    xhat = cache.core.xhat
+    dout = check_dout(dout, xhat.shape).astype(xhat.dtype, copy=False)
+    dx, dgamma, dbeta = normalize_backward(dout, cache.core)
+    return dx.astype(cache.dtype, copy=False), dgamma.reshape(-1), dbeta.reshape(-1)

@@ -4,9 +4,12 @@ Like PyTorch's split between nn.functional and nn.modules, the layer holds
 state (parameters, running statistics, train/eval) and delegates the maths
 to `bnkit.fast`.
 """
+from typing import Optional
+
 import numpy as np
 
-from . import fast
+from . import conventions, fast
+from ._common import check_float_array
 
 
 class BatchNorm:
@@ -28,9 +31,12 @@ class BatchNorm:
     - track_running_stats=False: batch statistics in both modes.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, axis=1, dtype=np.float64):
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+    def __init__(self, num_features: int, eps: float = conventions.EPS,
+                 momentum: Optional[float] = conventions.MOMENTUM, affine: bool = True,
+                 track_running_stats: bool = True, axis: int = 1, dtype=np.float64):
+        # refused here, with the message every backend gives, before any state exists
+        self.eps, self.momentum = conventions.check_eps(eps), conventions.check_momentum(momentum)
+        self.num_features = num_features
         self.affine, self.track_running_stats, self.axis = affine, track_running_stats, axis
         self.weight = np.ones(num_features, dtype) if affine else None
         self.bias = np.zeros(num_features, dtype) if affine else None
@@ -44,18 +50,18 @@ class BatchNorm:
         self.training = True
         self._cache = None
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "BatchNorm":
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "BatchNorm":
         return self.train(False)
 
-    def forward(self, x):
+    def forward(self, x) -> np.ndarray:
         """out = BN(x); in training mode also updates the running statistics."""
-        x = np.asarray(x)
-        axis = self.axis % x.ndim if x.ndim else self.axis
-        if x.ndim >= 2 and x.shape[axis] != self.num_features:
+        x = check_float_array("x", x)
+        axis = conventions.channel_axis(x.shape, self.axis)
+        if x.shape[axis] != self.num_features:
             raise ValueError(
                 f"BatchNorm({self.num_features}) got an input of shape {x.shape} with "
                 f"{x.shape[axis]} channels on axis {self.axis}"
@@ -74,7 +80,7 @@ class BatchNorm:
 
     __call__ = forward
 
-    def backward(self, dout):
+    def backward(self, dout) -> np.ndarray:
         """dx for the last forward; sets weight_grad and bias_grad."""
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward")
@@ -83,6 +89,6 @@ class BatchNorm:
             self.weight_grad, self.bias_grad = dgamma, dbeta
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis})")

@@ -17,15 +17,87 @@ downstream gradient = local gradient x upstream gradient. Where a node was
 broadcast in the forward (mu, var, inv_std, gamma, beta are per channel and
 are used by every sample), its gradient is summed over the batch.
 
+`GATES` below is the same graph as data, and `batchnorm_backward` marks
+each gate's code with a comment `# <gate name>:` in the reverse of that order.
+The book (chapter 4) shows that code beside each gate's chain rule through
+`backward_code_by_gate()`, and `tests/test_core_staged_gates.py` pins the
+contract, so a renamed or reordered gate fails a fast test, not only the
+book build.
+
 This module is written to be read, not to be fast: see `bnkit.fast`.
 """
+import inspect
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Tuple
+
 import numpy as np
 
-from . import _checks
-from ._common import first_sample, prepare, running_stats, update_running_stats
+from ._common import check_dout, first_sample, prepare, running_stats, update_running_stats
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
+class Gate(NamedTuple):
+    """One node of the forward graph."""
+
+    name: str
+    inputs: Tuple[str, ...]
+    output: str
+    formula: str  # the forward, in the code's names
+
+
+GATES: Tuple[Gate, ...] = (  # in the order the forward visits them
+    Gate("mean", ("x",), "mu", "mu = mean(x)"),
+    Gate("centre", ("x", "mu"), "xc", "xc = x - mu"),
+    Gate("square", ("xc",), "sq", "sq = xc**2"),
+    Gate("variance", ("sq",), "var", "var = mean(sq)"),
+    Gate("sqrt", ("var",), "std", "std = sqrt(var + eps)"),
+    Gate("invert", ("std",), "inv_std", "inv_std = 1 / std"),
+    Gate("normalise", ("xc", "inv_std"), "xhat", "xhat = xc * inv_std"),
+    Gate("scale", ("xhat", "gamma"), "scaled", "scaled = gamma * xhat"),
+    Gate("shift", ("scaled", "beta"), "out", "out = scaled + beta"),
+)
+
+
+@dataclass
+class StagedCache:
+    """What `batchnorm_forward` keeps for the backward: every gate's inputs and
+    outputs, all keepdims-shaped to broadcast against x (per-channel ones are
+    (1, C, 1, ...)).
+
+    - x: the input in the compute dtype (float16 becomes float32).
+    - mu: batch mean (train) or running mean (eval).
+    - xc = x - mu; sq = xc**2 (None in eval, where var is a constant).
+    - var: biased batch variance (train) or running variance (eval).
+    - std = sqrt(var + eps); inv_std = 1 / std; xhat = xc * inv_std.
+    - gamma, beta: broadcast-shaped; scaled = gamma * xhat.
+    - axes: the reduced axes; n: values per channel.
+    - train: whether the statistics came from x (so gradients flow through them).
+    - dtype: x's dtype, which dx takes.
+
+    `cache["xhat"]` reads a field too, as a dict cache would.
+    """
+
+    x: np.ndarray
+    mu: np.ndarray
+    xc: np.ndarray
+    sq: Optional[np.ndarray]
+    var: np.ndarray
+    std: np.ndarray
+    inv_std: np.ndarray
+    xhat: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    scaled: np.ndarray
+    axes: Tuple[int, ...]
+    n: int
+    train: bool
+    dtype: np.dtype
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
+def batchnorm_forward(x, gamma: Optional[np.ndarray], beta: Optional[np.ndarray], bn_param: dict,
+                      axis: int = 1) -> Tuple[np.ndarray, StagedCache]:
     """Batch-norm forward pass, gate by gate.
 
     Inputs:
@@ -34,9 +106,11 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     - gamma, beta: (C,) scale and shift; None means affine=False.
     - bn_param: dict, PyTorch's semantics:
       - 'mode': 'train' or 'eval' ('test' is an alias). Default 'train'.
-      - 'eps': added to the variance inside the square root. Default 1e-5.
+      - 'eps': added to the variance inside the square root. Default
+        `conventions.EPS`.
       - 'momentum': running = (1 - momentum) * running + momentum * batch.
-        Default 0.1. None means the cumulative average (momentum_t = 1/t).
+        Default `conventions.MOMENTUM`. None means the cumulative average
+        (momentum_t = 1 / num_batches_tracked).
       - 'running_mean', 'running_var': (C,). Created as zeros/ones when
         absent. Updated in bn_param in train mode. running_var is updated
         with the unbiased batch variance n/(n-1) * var; normalisation uses
@@ -52,9 +126,9 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
 
     Returns (out, cache):
     - out: same shape and dtype as x.
-    - cache: dict of every gate's inputs and outputs (x, mu, xc, sq, var, std,
-      inv_std, xhat, gamma, beta, scaled; sq is None in eval) plus the shapes needed to sum
-      broadcast gradients ('axes', 'n', 'train', 'dtype').
+    - cache: a `StagedCache`, every gate's inputs and outputs (x, mu, xc, sq,
+      var, std, inv_std, xhat, gamma, beta, scaled; sq is None in eval) plus
+      what summing broadcast gradients needs (axes, n, train, dtype).
     """
     xs, g, b, spec = prepare(x, gamma, beta, bn_param, axis)
     axes, n = spec.reduce_axes, spec.n
@@ -78,8 +152,8 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     out = scaled + b  # shift
 
     if spec.mode == "train":
-        update_running_stats(bn_param, batch_mean.reshape(-1), var.reshape(-1), n)
-    cache = dict(
+        update_running_stats(bn_param, spec, batch_mean.reshape(-1), var.reshape(-1))
+    cache = StagedCache(
         x=xs, mu=batch_mean, xc=xc, sq=sq, var=var, std=std, inv_std=inv_std, xhat=xhat,
         gamma=g, beta=b, scaled=scaled, axes=axes, n=n, train=spec.use_batch_stats,
         dtype=spec.dtype,
@@ -87,7 +161,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, axis=1):
     return out.astype(spec.dtype, copy=False), cache
 
 
-def batchnorm_backward(dout, cache):
+def batchnorm_backward(dout, cache: StagedCache) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch-norm backward pass, visiting the gates of the forward in reverse.
 
     Inputs:
@@ -96,9 +170,9 @@ def batchnorm_backward(dout, cache):
 
     Returns (dx, dgamma, dbeta): dx like x; dgamma, dbeta of shape (C,).
     """
-    dout = _checks.check_dout(dout, cache["x"].shape).astype(cache["x"].dtype, copy=False)
-    axes, n = cache["axes"], cache["n"]
-    xc, std, inv_std, xhat = cache["xc"], cache["std"], cache["inv_std"], cache["xhat"]
+    dout = check_dout(dout, cache.x.shape).astype(cache.x.dtype, copy=False)
+    axes, n = cache.axes, cache.n
+    xc, std, inv_std, xhat = cache.xc, cache.std, cache.inv_std, cache.xhat
 
     def sum_b(a):  # gradient into a node that was broadcast over the batch
         return np.sum(a, axis=axes, keepdims=True)
@@ -108,7 +182,7 @@ def batchnorm_backward(dout, cache):
     dscaled = dout
     # scale: scaled = gamma * xhat               local grads: xhat, gamma
     dgamma = sum_b(xhat * dscaled)
-    dxhat = cache["gamma"] * dscaled
+    dxhat = cache.gamma * dscaled
     # normalise: xhat = xc * inv_std             local grads: inv_std, xc
     dinv_std = sum_b(xc * dxhat)
     dxc = inv_std * dxhat
@@ -116,7 +190,7 @@ def batchnorm_backward(dout, cache):
     dstd = -1.0 / std**2 * dinv_std
     # sqrt: std = sqrt(var + eps)                local grad: 1 / (2 std)
     dvar = 0.5 / std * dstd
-    if cache["train"]:
+    if cache.train:
         # variance: var = mean(sq)               local grad: 1/n for every element
         dsq = np.ones_like(xc) / n * dvar
         # square: sq = xc**2                     local grad: 2 xc (xc also feeds normalise)
@@ -129,4 +203,27 @@ def batchnorm_backward(dout, cache):
     else:  # eval: mu and var were constants, only the centre's identity path remains
         dx = dxc
 
-    return dx.astype(cache["dtype"], copy=False), dgamma.reshape(-1), dbeta.reshape(-1)
+    return dx.astype(cache.dtype, copy=False), dgamma.reshape(-1), dbeta.reshape(-1)
+
+
+def backward_code_by_gate() -> List[Tuple[str, List[str]]]:
+    """[(gate name, its code lines)] of `batchnorm_backward`'s training path,
+    in the order the backward visits the gates (the reverse of `GATES`).
+
+    A gate's code is what follows its `# <name>:` comment up to the next
+    gate; control flow, comments and the eval branch are left out.
+    """
+    names = {g.name for g in GATES}
+    body = inspect.getsource(batchnorm_backward).split('"""')[2]  # after the docstring
+    rows, current = [], None
+    for line in body.splitlines():
+        text = line.strip()
+        head = text[2:].split(":", 1)[0] if text.startswith("# ") and ":" in text else None
+        if head in names:
+            current = (head, [])
+            rows.append(current)
+        elif text.startswith("else"):  # the eval branch: not part of the graph
+            current = None
+        elif current is not None and text and not text.startswith(("if ", "return", "def ", "#")):
+            current[1].append(text)
+    return rows

@@ -40,9 +40,14 @@ Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1,
 set before triton is imported) on CPU tensors: slow, but exact.
 """
 
+import types
+
 import torch
 import triton
 import triton.language as tl
+
+from . import conventions
+from .torch import check_batch_norm_args, momentum_factor_
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REDUCE_TILE = 16384  # bytes of input per tile in the reduction kernels
@@ -55,6 +60,13 @@ SPLIT_WAVES = 4  # statistics programs per multiprocessor to aim for
 GRAD_SPLIT_WAVES = 2  # the same for the backward's reduction (it reads two tensors) ...
 NARROW_GRAD_SPLIT_WAVES = 4  # ... but channels-last with C < 16 does better with more
 MIN_TILES = 4  # tiles per reduction program at least, so the partials stay few
+
+# The running-statistics recurrence, compiled from the one statement of it in
+# `bnkit.conventions` (numpy and torch run the same function): kernels call
+# `_update_running(rm, rv, mean, var, n, factor)` with the factor from
+# `bnkit.torch.momentum_factor_`. The function is rebound to this module's
+# globals, where Triton (its interpreter too) finds `tl`; the code is the same.
+_update_running = triton.jit(types.FunctionType(conventions.update_running.__code__, globals(), "update_running"))
 
 
 @triton.jit
@@ -109,7 +121,7 @@ def _stats_partial_kernel(x_ptr, mean_part, m2_part, cnt_part, A, C, B, tiles_b,
 
 @triton.jit
 def _stats_final_kernel(mean_part, m2_part, cnt_part, splits, C, w_ptr, b_ptr, rm_ptr, rv_ptr,
-                        mean_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, momentum,
+                        mean_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, factor,
                         HAS_RUNNING: tl.constexpr, BS: tl.constexpr, BC: tl.constexpr):
     c = tl.program_id(0) * BC + tl.arange(0, BC)
     keep = c < C
@@ -142,11 +154,11 @@ def _stats_final_kernel(mean_part, m2_part, cnt_part, splits, C, w_ptr, b_ptr, r
     tl.store(invstd_ptr + c, invstd, mask=keep)
     tl.store(scale_ptr + c, scale, mask=keep)
     tl.store(shift_ptr + c, shift, mask=keep)
-    if HAS_RUNNING:  # PyTorch's recurrence; running_var takes the unbiased variance
+    if HAS_RUNNING:  # bnkit.conventions' recurrence; running_var takes the unbiased variance
         rm = tl.load(rm_ptr + c, mask=keep, other=0.0).to(tl.float32)
         rv = tl.load(rv_ptr + c, mask=keep, other=0.0).to(tl.float32)
-        rm = (1.0 - momentum) * rm + momentum * mean
-        rv = (1.0 - momentum) * rv + momentum * (m2 / tl.maximum(count - 1.0, 1.0))
+        n = tl.where(keep, count, 2.0)  # padding lanes: any n > 1, they are not stored
+        rm, rv = _update_running(rm, rv, mean, var, n, factor)
         tl.store(rm_ptr + c, rm.to(rm_ptr.dtype.element_ty), mask=keep)
         tl.store(rv_ptr + c, rv.to(rv_ptr.dtype.element_ty), mask=keep)
 
@@ -341,10 +353,11 @@ def _final_blocks(C):
     return BC, (-(-C // BC),)
 
 
-def stats(x3, shape, weight, bias, running_mean, running_var, momentum, eps):
+def stats(x3, shape, weight, bias, running_mean, running_var, factor, eps):
     """Batch statistics of an (A, C, B) array, in float32 (C,) tensors:
     (mean, invstd, scale, shift), scale = weight * invstd, shift = bias -
-    mean * scale. Updates running_mean/var in place when given."""
+    mean * scale. Updates running_mean/var in place when given, with the
+    running-average `factor` (`bnkit.torch.momentum_factor_`)."""
     p = _plan(x3, shape, SPLIT_WAVES)
     C, dev = p["C"], x3.device
     part = torch.empty((3, p["splits"], C), dtype=torch.float32, device=dev)
@@ -357,24 +370,15 @@ def stats(x3, shape, weight, bias, running_mean, running_var, momentum, eps):
     _stats_final_kernel[grid](
         part[0], part[1], part[2], p["splits"], C, weight, bias,
         running_mean if has_running else out, running_var if has_running else out,
-        out[0], out[1], out[2], out[3], float(eps), float(momentum),
+        out[0], out[1], out[2], out[3], float(eps), float(factor),
         HAS_RUNNING=has_running, BS=min(_pow2(p["splits"]), 64), BC=BC, num_warps=4)
     return out[0], out[1], out[2], out[3]
 
 
-def _check(x, weight, bias, axis):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+def _check_supported(x):
+    """What only the kernels need, after `bnkit.torch.check_batch_norm_args`."""
     if x.dtype not in DTYPES:
         raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"batch norm expects an input of shape (N, C) or (N, C, *), got {tuple(x.shape)}")
-    if not -x.dim() <= axis < x.dim() or axis % x.dim() == 0:
-        raise ValueError(f"axis={axis} is not a channel axis of an input of shape {tuple(x.shape)}")
-    C = x.shape[axis]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and tuple(p.shape) != (C,):
-            raise ValueError(f"{name} must have shape ({C},) for input {tuple(x.shape)}, got {tuple(p.shape)}")
     if x.numel() == 0:
         raise ValueError(f"x is empty: shape {tuple(x.shape)}")
 
@@ -382,16 +386,17 @@ def _check(x, weight, bias, axis):
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm on Triton kernels, differentiable in x, weight, bias.
 
-    apply(x, weight, bias, running_mean, running_var, momentum, eps, axis)
+    apply(x, weight, bias, running_mean, running_var, factor, eps, axis)
     -> out. weight and bias are (C,) tensors (pass ones/zeros for
-    affine=False); running_mean/var may be None.
+    affine=False); running_mean/var may be None; factor is the
+    running-average factor itself (a float, `bnkit.torch.momentum_factor_`).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, axis):
+    def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps, axis):
         x3, shape = _view3d(x, axis)
         mean, invstd, scale, shift = stats(x3, shape, weight, bias, running_mean, running_var,
-                                           momentum, eps)
+                                           factor, eps)
         out = _affine(x3, None, shape, scale, shift, None, torch.empty_like(x3))
         ctx.save_for_backward(x3, weight, mean, invstd)
         ctx.shape = shape
@@ -458,28 +463,27 @@ class _EvalFunction(torch.autograd.Function):
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, axis=1):
+               momentum=conventions.MOMENTUM, eps=conventions.EPS, axis=1, num_batches_tracked=None):
     """Drop-in for torch.nn.functional.batch_norm on Triton kernels.
 
-    Same semantics as PyTorch: training uses the batch statistics (biased
-    variance) and updates running_mean/running_var in place (unbiased
-    variance, running = (1 - momentum) * running + momentum * batch); eval
-    uses the running statistics. axis=1 takes (N, D), NCHW and
+    The conventions, defaults and validation are `bnkit.conventions`' (the
+    same errors and messages as every bnkit backend): training uses the
+    batch statistics (biased variance) and updates running_mean/running_var
+    in place (unbiased variance, running = (1 - factor) * running + factor *
+    batch); num_batches_tracked (a 0-d integer tensor, if given) is
+    incremented in place, and momentum=None uses the cumulative average over
+    it. Eval uses the running statistics. axis=1 takes (N, D), NCHW and
     channels-last NHWC tensors (torch.channels_last); axis=-1 takes
     (N, *, C) laid out contiguously. Differentiable in x, weight and bias.
     """
-    _check(x, weight, bias, axis)
-    axis %= x.dim()
+    axis, eps, momentum = check_batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                                axis, num_batches_tracked)
+    _check_supported(x)
     C = x.shape[axis]
     weight = torch.ones(C, dtype=x.dtype, device=x.device) if weight is None else weight
     bias = torch.zeros(C, dtype=x.dtype, device=x.device) if bias is None else bias
     if training:
-        if x.numel() // C < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
-        if running_mean is not None and momentum is None:
-            raise ValueError("momentum=None (cumulative average) needs num_batches_tracked: use a float")
-        return BatchNormFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps, axis)
-    if running_mean is None or running_var is None:
-        raise ValueError("eval mode needs running_mean and running_var (or pass training=True)")
+        factor = momentum_factor_(num_batches_tracked, momentum) if running_mean is not None else 0.0
+        return BatchNormFunction.apply(x, weight, bias, running_mean, running_var, factor, eps, axis)
     invstd = torch.rsqrt(running_var.float() + eps)
     return _EvalFunction.apply(x, weight, bias, running_mean.float(), invstd, axis)
