@@ -40,6 +40,7 @@ Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1,
 set before triton is imported) on CPU tensors: slow, but exact.
 """
 
+import dataclasses
 import types
 
 import torch
@@ -60,6 +61,29 @@ SPLIT_WAVES = 4  # statistics programs per multiprocessor to aim for
 GRAD_SPLIT_WAVES = 2  # the same for the backward's reduction (it reads two tensors) ...
 NARROW_GRAD_SPLIT_WAVES = 4  # ... but channels-last with C < 16 does better with more
 MIN_TILES = 4  # tiles per reduction program at least, so the partials stay few
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """The tuning knobs above as one value, passed explicitly (the benchmark's
+    sweep varies them this way); `tuning_defaults()` holds the committed ones."""
+
+    reduce_tile: int
+    affine_tile: int
+    max_row: int
+    max_run: int
+    reduce_warps: int
+    affine_warps: int
+    split_waves: int
+    grad_split_waves: int
+    narrow_grad_split_waves: int
+    min_tiles: int
+
+
+def tuning_defaults() -> Tuning:
+    """The module's knobs, read at call time."""
+    return Tuning(REDUCE_TILE, AFFINE_TILE, MAX_ROW, MAX_RUN, REDUCE_WARPS, AFFINE_WARPS, SPLIT_WAVES,
+                  GRAD_SPLIT_WAVES, NARROW_GRAD_SPLIT_WAVES, MIN_TILES)
 
 # The running-statistics recurrence, compiled from the one statement of it in
 # `bnkit.conventions` (numpy and torch run the same function): kernels call
@@ -263,26 +287,28 @@ def _pow2(n):
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _run_length(B):
-    """Tile length along a contiguous B: all of it when B <= MAX_RUN (each
+def _run_length(B, tuning=None):
+    """Tile length along a contiguous B: all of it when B <= max_run (each
     row of the tile is then one contiguous run, padding lanes notwithstanding),
     else the longest power of two whose padding wastes at most 1/16 of the
     lanes, else the least padded."""
-    if B <= MAX_RUN:
+    max_run = (tuning or tuning_defaults()).max_run
+    if B <= max_run:
         return _pow2(B)
-    sizes = [s for s in (1024, 512, 256, 128, 64, 32, 16) if s <= max(MAX_RUN, 16)]
+    sizes = [s for s in (1024, 512, 256, 128, 64, 32, 16) if s <= max(max_run, 16)]
     sizes = [s for s in sizes if s < 2 * _pow2(B)] or [16]
     padded = {s: -(-B // s) * s for s in sizes}
     good = [s for s in sizes if padded[s] - B <= B / 16]
     return good[0] if good else min(sizes, key=lambda s: (padded[s], -s))
 
 
-def _tiles(A, C, B, tile):
+def _tiles(A, C, B, tile, tuning=None):
     """(BA, BC, BB) for an (A, C, B) array and a tile of about `tile` elements."""
+    t = tuning or tuning_defaults()
     if B == 1:
-        BC, BB = min(_pow2(C), MAX_ROW), 1
+        BC, BB = min(_pow2(C), t.max_row), 1
     else:
-        BC, BB = 1, _run_length(B)
+        BC, BB = 1, _run_length(B, t)
     BA = max(1, min(_pow2(A), tile // (BC * BB)))
     return BA, BC, BB
 
@@ -309,40 +335,43 @@ def _view3d(x, axis):
     return x.contiguous(), _view3d(x.contiguous(), axis)[1]
 
 
-def _splits(n_tiles, tiles_c, sms, waves):
+def _splits(n_tiles, tiles_c, sms, waves, tuning=None):
     """(splits, tiles per split): about `waves` programs per multiprocessor."""
-    want = max(1, min(-(-n_tiles // MIN_TILES), -(-waves * sms // tiles_c)))
+    min_tiles = (tuning or tuning_defaults()).min_tiles
+    want = max(1, min(-(-n_tiles // min_tiles), -(-waves * sms // tiles_c)))
     per = -(-n_tiles // want)
     return -(-n_tiles // per), per
 
 
-def _plan(x3, shape, waves):
+def _plan(x3, shape, waves, tuning=None):
     A, C, B = shape
-    BA, BC, BB = _tiles(A, C, B, REDUCE_TILE // x3.element_size())
+    t = tuning or tuning_defaults()
+    BA, BC, BB = _tiles(A, C, B, t.reduce_tile // x3.element_size(), t)
     tiles_b, tiles_c = -(-B // BB), -(-C // BC)
     n_tiles = -(-A // BA) * tiles_b
-    splits, per = _splits(n_tiles, tiles_c, _num_sms(x3), waves)
+    splits, per = _splits(n_tiles, tiles_c, _num_sms(x3), waves, t)
     return dict(A=A, C=C, B=B, BA=BA, BC=BC, BB=BB, tiles_b=tiles_b, tiles_c=tiles_c,
                 n_tiles=n_tiles, splits=splits, per=per)
 
 
-def _affine(x3, dy3, shape, k_x, k_c, k_dy, out):
+def _affine(x3, dy3, shape, k_x, k_c, k_dy, out, tuning=None):
     A, C, B = shape
-    tile = AFFINE_TILE // x3.element_size()
+    t = tuning or tuning_defaults()
+    tile = t.affine_tile // x3.element_size()
     if B > 1:  # NCHW: rows (n, c) of B values; consecutive rows are contiguous
-        R, BB = A * C, _run_length(B)
+        R, BB = A * C, _run_length(B, t)
         BR = max(1, min(_pow2(R), tile // BB))
         tiles_b = -(-B // BB)
         _affine_rows_kernel[(-(-R // BR) * tiles_b,)](
             x3, dy3 if dy3 is not None else x3, out, k_x, k_c, k_dy if k_dy is not None else k_x,
-            R, C, B, tiles_b, HAS_DY=dy3 is not None, BR=BR, BB=BB, num_warps=AFFINE_WARPS)
+            R, C, B, tiles_b, HAS_DY=dy3 is not None, BR=BR, BB=BB, num_warps=t.affine_warps)
         return out
-    BA, BC, BB = _tiles(A, C, B, tile)
+    BA, BC, BB = _tiles(A, C, B, tile, t)
     tiles_b, tiles_c = -(-B // BB), -(-C // BC)
     grid = (-(-A // BA) * tiles_b * tiles_c,)
     _affine_kernel[grid](x3, dy3 if dy3 is not None else x3, out, k_x, k_c,
                          k_dy if k_dy is not None else k_x, A, C, B, tiles_b, tiles_c,
-                         HAS_DY=dy3 is not None, BA=BA, BC=BC, BB=BB, num_warps=AFFINE_WARPS)
+                         HAS_DY=dy3 is not None, BA=BA, BC=BC, BB=BB, num_warps=t.affine_warps)
     return out
 
 
@@ -353,17 +382,18 @@ def _final_blocks(C):
     return BC, (-(-C // BC),)
 
 
-def stats(x3, shape, weight, bias, running_mean, running_var, factor, eps):
+def stats(x3, shape, weight, bias, running_mean, running_var, factor, eps, tuning=None):
     """Batch statistics of an (A, C, B) array, in float32 (C,) tensors:
     (mean, invstd, scale, shift), scale = weight * invstd, shift = bias -
     mean * scale. Updates running_mean/var in place when given, with the
     running-average `factor` (`bnkit.torch.momentum_factor_`)."""
-    p = _plan(x3, shape, SPLIT_WAVES)
+    t = tuning or tuning_defaults()
+    p = _plan(x3, shape, t.split_waves, t)
     C, dev = p["C"], x3.device
     part = torch.empty((3, p["splits"], C), dtype=torch.float32, device=dev)
     _stats_partial_kernel[(p["splits"], p["tiles_c"])](
         x3, part[0], part[1], part[2], p["A"], C, p["B"], p["tiles_b"], p["n_tiles"], p["per"],
-        BA=p["BA"], BC=p["BC"], BB=p["BB"], num_warps=REDUCE_WARPS)
+        BA=p["BA"], BC=p["BC"], BB=p["BB"], num_warps=t.reduce_warps)
     out = torch.empty((4, C), dtype=torch.float32, device=dev)
     has_running = running_mean is not None
     BC, grid = _final_blocks(C)
@@ -386,47 +416,49 @@ def _check_supported(x):
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm on Triton kernels, differentiable in x, weight, bias.
 
-    apply(x, weight, bias, running_mean, running_var, factor, eps, axis)
+    apply(x, weight, bias, running_mean, running_var, factor, eps, axis, tuning)
     -> out. weight and bias are (C,) tensors (pass ones/zeros for
     affine=False); running_mean/var may be None; factor is the
-    running-average factor itself (a float, `bnkit.torch.momentum_factor_`).
+    running-average factor itself (a float, `bnkit.torch.momentum_factor_`);
+    tuning is a `Tuning`, or None for the defaults.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps, axis):
+    def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps, axis, tuning=None):
         x3, shape = _view3d(x, axis)
         mean, invstd, scale, shift = stats(x3, shape, weight, bias, running_mean, running_var,
-                                           factor, eps)
-        out = _affine(x3, None, shape, scale, shift, None, torch.empty_like(x3))
+                                           factor, eps, tuning)
+        out = _affine(x3, None, shape, scale, shift, None, torch.empty_like(x3), tuning)
         ctx.save_for_backward(x3, weight, mean, invstd)
-        ctx.shape = shape
+        ctx.shape, ctx.tuning = shape, tuning
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x3, weight, mean, invstd = ctx.saved_tensors
-        dx, dw, db = backward(x3, dout, weight, mean, invstd, ctx.shape, train=True)
-        return dx, dw, db, None, None, None, None, None
+        dx, dw, db = backward(x3, dout, weight, mean, invstd, ctx.shape, train=True, tuning=ctx.tuning)
+        return dx, dw, db, None, None, None, None, None, None
 
 
-def backward(x3, dout, weight, mean, invstd, shape, train=True):
+def backward(x3, dout, weight, mean, invstd, shape, train=True, tuning=None):
     """(dx, dweight, dbias) given the forward's input in (A, C, B) memory
     order and its float32 (C,) mean and invstd."""
     A, C, B = shape
     dy3 = dout if dout.shape == x3.shape and _same_layout(dout, x3) else dout.contiguous(
         memory_format=_format_of(x3))
-    p = _plan(x3, shape, NARROW_GRAD_SPLIT_WAVES if B == 1 and C < 16 else GRAD_SPLIT_WAVES)
+    t = tuning or tuning_defaults()
+    p = _plan(x3, shape, t.narrow_grad_split_waves if B == 1 and C < 16 else t.grad_split_waves, t)
     dev = x3.device
     part = torch.empty((2, p["splits"], C), dtype=torch.float32, device=dev)
     _grad_partial_kernel[(p["splits"], p["tiles_c"])](
         x3, dy3, mean, part[0], part[1], A, C, B, p["tiles_b"], p["n_tiles"], p["per"],
-        BA=p["BA"], BC=p["BC"], BB=p["BB"], num_warps=REDUCE_WARPS)
+        BA=p["BA"], BC=p["BC"], BB=p["BB"], num_warps=t.reduce_warps)
     res = torch.empty((5, C), dtype=torch.float32, device=dev)
     BC, grid = _final_blocks(C)
     _grad_final_kernel[grid](part[0], part[1], p["splits"], C, float(A * B), weight, mean, invstd,
                              res[0], res[1], res[2], res[3], res[4],
                              TRAIN=train, BS=min(_pow2(p["splits"]), 64), BC=BC, num_warps=4)
-    dx = _affine(x3, dy3, shape, res[3], res[4], res[2], torch.empty_like(x3))
+    dx = _affine(x3, dy3, shape, res[3], res[4], res[2], torch.empty_like(x3), t)
     return dx, res[0].to(weight.dtype), res[1].to(weight.dtype)
 
 
@@ -446,24 +478,25 @@ class _EvalFunction(torch.autograd.Function):
     """Eval mode: out = x * scale + shift with the running statistics."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, axis):
+    def forward(ctx, x, weight, bias, mean, invstd, axis, tuning=None):
         x3, shape = _view3d(x, axis)
         scale = weight.float() * invstd
         shift = bias.float() - mean * scale
-        out = _affine(x3, None, shape, scale, shift, None, torch.empty_like(x3))
+        out = _affine(x3, None, shape, scale, shift, None, torch.empty_like(x3), tuning)
         ctx.save_for_backward(x3, weight, mean, invstd)
-        ctx.shape = shape
+        ctx.shape, ctx.tuning = shape, tuning
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x3, weight, mean, invstd = ctx.saved_tensors
-        dx, dw, db = backward(x3, dout, weight, mean, invstd, ctx.shape, train=False)
-        return dx, dw, db, None, None, None
+        dx, dw, db = backward(x3, dout, weight, mean, invstd, ctx.shape, train=False, tuning=ctx.tuning)
+        return dx, dw, db, None, None, None, None
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=conventions.MOMENTUM, eps=conventions.EPS, axis=1, num_batches_tracked=None):
+               momentum=conventions.MOMENTUM, eps=conventions.EPS, axis=1, num_batches_tracked=None,
+               tuning=None):
     """Drop-in for torch.nn.functional.batch_norm on Triton kernels.
 
     The conventions, defaults and validation are `bnkit.conventions`' (the
@@ -475,6 +508,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     it. Eval uses the running statistics. axis=1 takes (N, D), NCHW and
     channels-last NHWC tensors (torch.channels_last); axis=-1 takes
     (N, *, C) laid out contiguously. Differentiable in x, weight and bias.
+    tuning: a `Tuning` (the benchmark's sweep), or None for the defaults.
     """
     axis, eps, momentum = check_batch_norm_args(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                                 axis, num_batches_tracked)
@@ -484,6 +518,6 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     bias = torch.zeros(C, dtype=x.dtype, device=x.device) if bias is None else bias
     if training:
         factor = momentum_factor_(num_batches_tracked, momentum) if running_mean is not None else 0.0
-        return BatchNormFunction.apply(x, weight, bias, running_mean, running_var, factor, eps, axis)
+        return BatchNormFunction.apply(x, weight, bias, running_mean, running_var, factor, eps, axis, tuning)
     invstd = torch.rsqrt(running_var.float() + eps)
-    return _EvalFunction.apply(x, weight, bias, running_mean.float(), invstd, axis)
+    return _EvalFunction.apply(x, weight, bias, running_mean.float(), invstd, axis, tuning)
