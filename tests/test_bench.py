@@ -3,7 +3,9 @@ claims here: performance lives in the benchmark, not in tests), and the
 committed figures the performance chapter plots."""
 import csv
 import json
+import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -64,9 +66,15 @@ def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capsys):
     with open(out_csv) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(data["results"]) and rows[0]["device_name"]
-    assert "fast-numpy" in capsys.readouterr().out  # the table
-    err = capsys.readouterr().err
-    assert err == "" or "[" in err or "wrote" in err
+    assert set(rows[0]) == set(bench.COLUMNS + bench.META_COLUMNS)
+    captured = capsys.readouterr()  # read once: a second read would find both streams empty
+    table_lines = captured.out.strip().splitlines()
+    assert table_lines[0].split()[:5] == ["layout", "shape", "dtype", "impl", "pass"]
+    assert len(table_lines) == 1 + len(data["results"])  # stdout: the table and nothing else
+    # stderr: the progress of every measurement, then where the files went
+    total = len(TINY) * 2
+    assert f"[1/{total}]" in captured.err and f"[{total}/{total}]" in captured.err
+    assert f"wrote {out_json}" in captured.err and f"wrote {out_csv}" in captured.err
 
 
 def test_cuda_paths_skip_with_a_reason():
@@ -101,3 +109,29 @@ def test_committed_figures_are_complete(name):
         assert r["median_ms"] > 0
         tol = 1e-4 if r["dtype"] == "float32" else 2e-2
         assert r["rel_err_vs_native"] is not None and r["rel_err_vs_native"] < tol, r
+
+
+def test_registry_names_every_implementation():
+    """CPU_IMPLS and CUDA_IMPLS come from the one table; every entry builds."""
+    assert bench.CPU_IMPLS == ["staged-numpy", "fast-numpy", "torch-native", "bnkit-torch"]
+    assert bench.CUDA_IMPLS == ["torch-cudnn", "torch-native", "torch-compile", "bnkit-torch", "bnkit-triton"]
+    assert set(bench.IMPLS) == set(bench.CPU_IMPLS) | set(bench.CUDA_IMPLS)
+    with pytest.raises(ValueError, match="unknown implementation 'nope'"):
+        bench.torch_impl("nope", None)
+
+
+def test_sweep_variants_are_explicit_tunings():
+    """The sweep changes one knob at a time in a Tuning value it passes to the
+    kernels; the module's own knobs stay as they were."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # as the Triton tests need it, before triton is imported
+    tk = pytest.importorskip("bnkit.triton_kernels", reason="triton is not installed")
+    base = tk.tuning_defaults()
+    got = bench.variants(base, {"reduce_tile": [2048], "max_run": [256, 4096]})
+    assert [label for label, _ in got] == ["base", "reduce_tile=2048", "max_run=256", "max_run=4096"]
+    assert got[0][1] == base and got[1][1].reduce_tile == 2048 and got[1][1].max_run == base.max_run
+    assert got[3][1].max_run == 4096 and got[3][1].reduce_tile == base.reduce_tile
+    assert tk.tuning_defaults() == base and tk.REDUCE_TILE == base.reduce_tile
+    with pytest.raises(ValueError, match="unknown tuning knob 'REDUCE_TILE'"):
+        bench.variants(base, {"REDUCE_TILE": [1]})
