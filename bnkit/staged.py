@@ -206,15 +206,17 @@ def batchnorm_backward(dout, cache: StagedCache) -> Tuple[np.ndarray, np.ndarray
     return dx.astype(cache.dtype, copy=False), dgamma.reshape(-1), dbeta.reshape(-1)
 
 
-def backward_code_by_gate() -> List[Tuple[str, List[str]]]:
+def backward_code_by_gate(source: Optional[str] = None) -> List[Tuple[str, List[str]]]:
     """[(gate name, its code lines)] of `batchnorm_backward`'s training path,
     in the order the backward visits the gates (the reverse of `GATES`).
 
     A gate's code is what follows its `# <name>:` comment up to the next
     gate; control flow, comments and the eval branch are left out.
+    `source` defaults to `batchnorm_backward`'s own.
     """
     names = {g.name for g in GATES}
-    body = inspect.getsource(batchnorm_backward).split('"""')[2]  # after the docstring
+    source = inspect.getsource(batchnorm_backward) if source is None else source
+    body = source.split('"""')[2]  # after the docstring
     rows, current = [], None
     for line in body.splitlines():
         text = line.strip()

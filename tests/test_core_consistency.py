@@ -53,11 +53,25 @@ def test_staged_fast_and_numerical_gradients_agree(inp):
     assert rel_error(numerical_gradient(fb, beta.copy(), dout), grads_s[2]) < 1e-5
 
 
-def test_staged_cache_holds_every_gate():
-    x = np.random.default_rng(0).normal(size=(4, 3))
-    _, cache = staged.batchnorm_forward(x, np.ones(3), np.zeros(3), {})
-    for gate_output in ["mu", "xc", "sq", "var", "std", "inv_std", "xhat", "scaled"]:
-        assert cache[gate_output] is not None
+@pytest.mark.parametrize("shape,axis", [((5, 3), 1), ((4, 3, 2, 2), 1), ((4, 2, 2, 3), -1)])
+def test_staged_cache_holds_every_gate(shape, axis):
+    """Each gate's output in the cache is its formula (staged.GATES) applied to
+    its inputs in the cache."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 2.0, size=shape)
+    C = shape[axis]
+    gamma, beta = rng.normal(size=C), rng.normal(size=C)
+    out, cache = staged.batchnorm_forward(x, gamma, beta, {"eps": 1e-3}, axis=axis)
+    values = {"out": out, **{k: getattr(cache, k) for k in ("x", "mu", "xc", "sq", "var", "std", "inv_std",
+                                                               "xhat", "gamma", "beta", "scaled")}}
+    namespace = dict(mean=lambda a: np.mean(a, axis=cache.axes, keepdims=True), sqrt=np.sqrt, eps=1e-3)
+    assert [g.output for g in staged.GATES][-1] == "out"
+    for gate in staged.GATES:
+        lhs, rhs = (side.strip() for side in gate.formula.split("="))
+        assert lhs == gate.output, gate
+        expected = eval(rhs, namespace, {k: values[k] for k in gate.inputs})
+        np.testing.assert_allclose(values[gate.output], expected, rtol=1e-12, atol=1e-12, err_msg=gate.name)
+    assert np.all(cache.var > 1.0)  # the data's variance is 4: the gates are not all zeros
 
 
 def test_numerical_gradient_restores_x_even_if_f_raises():
@@ -187,28 +201,47 @@ def test_torch_function_matches_native(shape, axis, dtype):
     dout = torch.randn(shape, generator=g, dtype=dtype)
     tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
 
-    def run(fn, to_nc, from_nc):
+    def run(fn):
+        """out, the three gradients and the running stats after one training step of fn."""
         xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
-        rm, rv = torch.zeros(C, dtype=dtype), torch.ones(C, dtype=dtype)
+        rm, rv = torch.rand(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
         out = fn(xr, rm, rv, wr, br)
         out.backward(dout)
         return [out.detach(), xr.grad, wr.grad, br.grad, rm, rv]
 
-    ident = lambda t: t  # noqa: E731
-    mine = run(lambda *a: bt.batch_norm(*a, training=True, momentum=0.2, axis=axis), ident, ident)
-    if axis == -1:
-        native_fn = lambda xr, rm, rv, wr, br: F.batch_norm(  # noqa: E731
-            xr.movedim(-1, 1), rm, rv, wr, br, training=True, momentum=0.2).movedim(1, -1)
-    else:
-        native_fn = lambda xr, rm, rv, wr, br: F.batch_norm(xr, rm, rv, wr, br, training=True, momentum=0.2)  # noqa: E731
-    native = run(native_fn, ident, ident)
+    def native_nc(xr, rm, rv, wr, br, **kw):
+        """F.batch_norm with the channel axis moved to 1 (it knows no other) and back."""
+        return F.batch_norm(xr.movedim(axis, 1), rm, rv, wr, br, **kw).movedim(1, axis)
+
+    torch.manual_seed(0)  # the same running stats for both runs
+    mine = run(lambda *a: bt.batch_norm(*a, training=True, momentum=0.2, axis=axis))
+    torch.manual_seed(0)
+    native = run(lambda *a: native_nc(*a, training=True, momentum=0.2))
     for a, b_ in zip(mine, native):
         torch.testing.assert_close(a, b_, **tol)
+    torch.manual_seed(0)
+    running_mean_before = torch.rand(C, dtype=dtype)
+    assert (mine[4] - running_mean_before).abs().max() > 0.01  # the running stats moved
     # eval mode uses the running statistics
     rm, rv = torch.rand(C, dtype=dtype), torch.rand(C, dtype=dtype) + 0.5
-    if axis == 1:
-        torch.testing.assert_close(bt.batch_norm(x, rm, rv, w, b, training=False),
-                                   F.batch_norm(x, rm, rv, w, b, training=False), **tol)
+    torch.testing.assert_close(bt.batch_norm(x, rm, rv, w, b, training=False, axis=axis),
+                               native_nc(x, rm, rv, w, b, training=False), **tol)
+
+
+def test_torch_function_momentum_none_matches_torch_module():
+    """momentum=None with num_batches_tracked: nn.BatchNorm2d's cumulative average."""
+    from bnkit import torch as bt
+
+    g = torch.Generator().manual_seed(10)
+    module = torch.nn.BatchNorm2d(3, momentum=None).double()
+    rm, rv, count = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), torch.tensor(0)
+    for _ in range(3):
+        x = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64) * 2 + 1
+        torch.testing.assert_close(bt.batch_norm(x, rm, rv, training=True, momentum=None, num_batches_tracked=count),
+                                   module(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rm, module.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rv, module.running_var, rtol=1e-12, atol=1e-12)
+    assert int(count) == int(module.num_batches_tracked) == 3
 
 
 def test_import_bnkit_does_not_import_torch():
