@@ -16,7 +16,8 @@ def _x(shape=(4, 3)):
 def test_wrong_gamma_beta_shape(impl, which, bad):
     args = dict(gamma=np.ones(3), beta=np.zeros(3))
     args[which] = np.ones(bad)
-    with pytest.raises(ValueError, match=rf"{which} must have shape \(3,\) for an input of shape \(4, 3\), got shape {re_shape(bad)}"):
+    msg = rf"{which} must have shape \(3,\) for an input of shape \(4, 3\), got shape {re_shape(bad)}"
+    with pytest.raises(ValueError, match=msg):
         impl.batchnorm_forward(_x(), args["gamma"], args["beta"], {})
 
 
@@ -28,7 +29,8 @@ def re_shape(shape):
 @pytest.mark.parametrize("bad", [(4, 1), (1, 3), (3, 4), (12,)])
 def test_mismatched_dout(impl, bad):
     _, cache = impl.batchnorm_forward(_x(), np.ones(3), np.zeros(3), {})
-    with pytest.raises(ValueError, match=rf"dout must have the shape of the forward output \(4, 3\), got shape {re_shape(bad)}"):
+    msg = rf"dout must have the shape of the forward output \(4, 3\), got shape {re_shape(bad)}"
+    with pytest.raises(ValueError, match=msg):
         impl.batchnorm_backward(np.ones(bad), cache)
 
 
@@ -69,7 +71,8 @@ def test_test_is_an_alias_for_eval(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
 def test_integer_inputs(impl, dtype):
-    with pytest.raises(TypeError, match=rf"x must hold floating-point values, got dtype {np.dtype(dtype)} with shape \(4, 3\)"):
+    msg = rf"x must hold floating-point values, got dtype {np.dtype(dtype)} with shape \(4, 3\)"
+    with pytest.raises(TypeError, match=msg):
         impl.batchnorm_forward(np.ones((4, 3), dtype), np.ones(3), np.zeros(3), {})
 
 
@@ -83,7 +86,8 @@ def test_integer_gamma(impl):
 @pytest.mark.parametrize("key", ["running_mean", "running_var"])
 def test_running_stats_of_the_wrong_shape(impl, key):
     bn_param = {key: np.ones(4)}
-    with pytest.raises(ValueError, match=rf"{key} must have shape \(3,\) for an input of shape \(4, 3\), got shape \(4,\)"):
+    msg = rf"{key} must have shape \(3,\) for an input of shape \(4, 3\), got shape \(4,\)"
+    with pytest.raises(ValueError, match=msg):
         impl.batchnorm_forward(_x(), np.ones(3), np.zeros(3), bn_param)
 
 
@@ -128,7 +132,18 @@ def test_layer_backward_before_forward():
 def test_norms_refuse_bad_shapes():
     with pytest.raises(ValueError, match=r"spatial batch norm expects x of shape \(N, C, H, W\), got shape \(4, 3\)"):
         norms.spatial_batchnorm_forward(_x(), np.ones(3), np.zeros(3), {})
-    with pytest.raises(ValueError, match=r"G must be a positive divisor of C=3 \(input shape \(2, 3, 2, 2\)\), got G=2"):
+    msg = r"G must be a positive divisor of C=3 \(input shape \(2, 3, 2, 2\)\), got G=2"
+    with pytest.raises(ValueError, match=msg):
         norms.groupnorm_forward(_x((2, 3, 2, 2)), np.ones(3), np.zeros(3), 2)
-    with pytest.raises(ValueError, match=r"gamma must have shape \(3,\) for an input of shape \(4, 3\), got shape \(4,\)"):
+    msg = r"gamma must have shape \(3,\) for an input of shape \(4, 3\), got shape \(4,\)"
+    with pytest.raises(ValueError, match=msg):
         norms.layernorm_forward(_x(), np.ones(4), np.zeros(3))
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(momentum=1.5), r"momentum must lie in \[0, 1\] or be None, got momentum=1.5"),
+    (dict(eps=0.0), r"eps must be a positive number, got eps=0.0"),
+])
+def test_layer_refuses_bad_options_at_construction(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        BatchNorm(3, **kw)
