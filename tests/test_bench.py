@@ -114,7 +114,8 @@ def test_committed_figures_are_complete(name):
 def test_registry_names_every_implementation():
     """CPU_IMPLS and CUDA_IMPLS come from the one table; every entry builds."""
     assert bench.CPU_IMPLS == ["staged-numpy", "fast-numpy", "torch-native", "bnkit-torch"]
-    assert bench.CUDA_IMPLS == ["torch-cudnn", "torch-native", "torch-compile", "bnkit-torch", "bnkit-triton"]
+    assert bench.CUDA_IMPLS == ["torch-cudnn", "torch-native", "torch-compile", "bnkit-torch", "bnkit-triton",
+                                "bnkit-triton-fused"]
     assert set(bench.IMPLS) == set(bench.CPU_IMPLS) | set(bench.CUDA_IMPLS)
     with pytest.raises(ValueError, match="unknown implementation 'nope'"):
         bench.torch_impl("nope", None)

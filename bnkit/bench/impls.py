@@ -165,6 +165,17 @@ def _bnkit_triton(case, stream=None, tuning=None):
     return _autograd_pair(f, case, stream)
 
 
+def _bnkit_triton_fused(case, stream=None, path=None):
+    from .. import triton_fused as tf  # the fewer-launch paths; path None: its plan chooses
+
+    x, w, b, rm, rv, _ = case
+
+    def f():
+        return tf.batch_norm(x, rm, rv, w, b, training=True, momentum=conventions.MOMENTUM, eps=conventions.EPS,
+                             path=path)
+    return _autograd_pair(f, case, stream)
+
+
 IMPLS: Dict[str, Impl] = {  # in the order the tables list them
     "staged-numpy": Impl(("cpu",), (), _numpy_factory(staged)),
     "fast-numpy": Impl(("cpu",), (), _numpy_factory(fast)),
@@ -173,6 +184,7 @@ IMPLS: Dict[str, Impl] = {  # in the order the tables list them
     "torch-compile": Impl(("cuda",), ("torch",), _torch_compile),
     "bnkit-torch": Impl(("cpu", "cuda"), ("torch",), _bnkit_torch),
     "bnkit-triton": Impl(("cuda",), ("torch", "triton"), _bnkit_triton),
+    "bnkit-triton-fused": Impl(("cuda",), ("torch", "triton"), _bnkit_triton_fused),
 }
 CPU_IMPLS = [n for n, i in IMPLS.items() if "cpu" in i.devices]
 CUDA_IMPLS = [n for n, i in IMPLS.items() if "cuda" in i.devices]
