@@ -1,0 +1,185 @@
+"""One command for a machine with a GPU: the full benchmark, the training step,
+and the table against PyTorch's best path.
+
+    python -m bnkit.experiments.gpu_run                 # everything, into book/data/
+    python -m bnkit.experiments.gpu_run --only bench --layout nd    # one part (a short device slot)
+    python -m bnkit.experiments.gpu_run --summarize book/data/bench-h100.json   # no GPU needed
+
+Writes, for a GPU named e.g. "NVIDIA H200" (slug ``h200``):
+
+- ``book/data/bench-h200.json`` / ``.csv``: ``python -m bnkit bench --device
+  cuda`` (every implementation, the 11 shapes x 3 dtypes x 2 passes; the
+  device name, versions and date are in the JSON's meta and the CSV's columns);
+- ``book/data/train-step-h200.json``: `bnkit.experiments.train_step`;
+- ``book/data/bench-h200-vs-best.md``: the 66 cases, bnkit's Triton time
+  against the best of torch's paths (cuDNN, ATen native, torch.compile), and
+  the issue's goals (>= 1.0x on every case; at tensors >= 100 MB, fp16/bf16 >=
+  0.85 and fp32 >= 0.90 of the copy bandwidth over the bytes moved), each met
+  or not with its worst case.
+
+Each part writes as it goes (the benchmark checkpoints after every shape),
+so a part cut short by a time limit still leaves its figures; `--layout`
+(repeatable) splits the benchmark into shorter runs, merged afterwards with
+`--summarize a.json b.json ...`.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+TORCH_PATHS = ("torch-cudnn", "torch-native", "torch-compile")
+TRITON_IMPLS = ("bnkit-triton-fused", "bnkit-triton")  # the first one present is summarised
+BANDWIDTH_GOALS = {"float32": 0.90, "float16": 0.85, "bfloat16": 0.85}
+LARGE_BYTES = 100e6  # the bandwidth goals apply to tensors at least this large
+
+
+def slug(device_name):
+    """'NVIDIA H100 80GB HBM3' -> 'h100', 'NVIDIA A100-SXM4-80GB' -> 'a100', else a safe lowercase name."""
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", device_name.upper())
+    if m:
+        return m.group(1).lower()
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "gpu"
+
+
+def load_rows(paths):
+    """Rows and meta of one or more bench JSON files (CUDA rows only)."""
+    rows, meta = [], {}
+    for p in paths:
+        with open(p) as f:
+            d = json.load(f)
+        m = d.get("meta", {})
+        meta = m.get("runs", {}).get("cuda", m) if "runs" in m else m
+        rows += [r for r in d["results"] if r.get("device") == "cuda"]
+    if not rows:
+        raise ValueError(f"no CUDA rows in {', '.join(map(str, paths))}: nothing to summarise")
+    return rows, meta
+
+
+def versus_best(rows, triton_impl=None):
+    """(triton_impl, cases): for every (layout, shape, dtype, pass) with the
+    Triton implementation and at least one torch path, a dict with the best
+    torch path, both times, ratio = best torch time / Triton time (>= 1: as
+    fast or faster) and the Triton row's fraction of the copy bandwidth."""
+    impls = {r["impl"] for r in rows}
+    triton_impl = triton_impl or next((i for i in TRITON_IMPLS if i in impls), None)
+    if triton_impl not in impls:
+        raise ValueError(f"no rows of {triton_impl or ' or '.join(TRITON_IMPLS)} in the figures")
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["layout"], r["shape"], r["dtype"], r["pass"]), {})[r["impl"]] = r
+    cases = []
+    for key, got in by_case.items():
+        torch_rows = [got[i] for i in TORCH_PATHS if i in got]
+        if triton_impl not in got or not torch_rows:
+            continue
+        best = min(torch_rows, key=lambda r: r["median_ms"])
+        t = got[triton_impl]
+        cases.append(dict(layout=key[0], shape=key[1], dtype=key[2], pass_=key[3], best=best["impl"],
+                          best_ms=best["median_ms"], triton_ms=t["median_ms"],
+                          ratio=best["median_ms"] / t["median_ms"], frac_copy=t.get("frac_copy"),
+                          tensor_bytes=t["elements"] * t["itemsize"]))
+    return triton_impl, cases
+
+
+def goals(cases):
+    """The issue's goals: dict(name -> dict(met, worst, detail))."""
+    out = {}
+    worst = min(cases, key=lambda c: c["ratio"])
+    wins = sum(c["ratio"] >= 1.0 for c in cases)
+    out["every case >= 1.0x the best torch path"] = dict(
+        met=wins == len(cases), detail=f"{wins} of {len(cases)} cases",
+        worst=f"{_name(worst)}: {worst['ratio']:.3f}x ({worst['best']})")
+    for dtypes, goal in ((("float16", "bfloat16"), 0.85), (("float32",), 0.90)):
+        large = [c for c in cases if c["dtype"] in dtypes and c["tensor_bytes"] >= LARGE_BYTES
+                 and c["frac_copy"] is not None]
+        name = f"{'/'.join(dtypes)} >= {goal:.2f} of the copy bandwidth at >= 100 MB"
+        if not large:
+            out[name] = dict(met=None, detail="no case that large", worst=None)
+            continue
+        low = min(large, key=lambda c: c["frac_copy"])
+        out[name] = dict(met=all(c["frac_copy"] >= BANDWIDTH_GOALS[c["dtype"]] for c in large),
+                         detail=f"{len(large)} cases", worst=f"{_name(low)}: {low['frac_copy']:.3f}")
+    return out
+
+
+def _name(c):
+    return f"{c['layout']} {c['shape']} {c['dtype']} {c['pass_']}"
+
+
+def markdown(triton_impl, cases, meta):
+    lines = [f"# {triton_impl} against the best torch path on {meta.get('device_name', '?')}", "",
+             f"torch {meta.get('torch')}, triton {meta.get('triton')}, cuDNN {meta.get('cudnn')}, "
+             f"{meta.get('date')}; copy bandwidth {meta.get('copy_GBps', float('nan')):.0f} GB/s.", "",
+             "## Goals", ""]
+    for name, g in goals(cases).items():
+        state = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
+        lines.append(f"- {name}: **{state}** ({g['detail']}; worst {g['worst']})")
+    lines += ["", f"## The {len(cases)} cases (ratio = best torch time / Triton time; < 1 is a loss)", "",
+              "| layout | shape | dtype | pass | best torch | torch ms | triton ms | ratio | % copy |",
+              "|---|---|---|---|---|---:|---:|---:|---:|"]
+    for c in sorted(cases, key=lambda c: c["ratio"]):
+        frac = f"{100 * c['frac_copy']:.0f}" if c["frac_copy"] is not None else "-"
+        lines.append(f"| {c['layout']} | {c['shape']} | {c['dtype']} | {c['pass_']} | {c['best']} | "
+                     f"{c['best_ms']:.4f} | {c['triton_ms']:.4f} | {c['ratio']:.3f} | {frac} |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize(paths, out=None, triton_impl=None):
+    rows, meta = load_rows(paths)
+    impl, cases = versus_best(rows, triton_impl)
+    text = markdown(impl, cases, meta)
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    return text
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bnkit.experiments.gpu_run", description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", default="book/data", help="where the figures go (default book/data)")
+    p.add_argument("--only", choices=["bench", "train", "summary"], action="append",
+                   help="run only this part (repeatable; default: all three)")
+    p.add_argument("--layout", action="append", choices=["nd", "nchw", "nhwc"],
+                   help="benchmark only this layout (repeatable), e.g. to fit a time limit")
+    p.add_argument("--quick", action="store_true", help="a trial run: the benchmark's and training step's quick modes")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="only summarise these bench JSON files (no GPU)")
+    p.add_argument("--triton-impl", choices=TRITON_IMPLS, help="the implementation the summary compares")
+    args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize, triton_impl=args.triton_impl))
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_run needs a CUDA GPU (torch.cuda.is_available() is False); "
+              "use --summarize to tabulate existing figures", file=sys.stderr)
+        return 2
+    name = slug(torch.cuda.get_device_name())
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bench_json, bench_csv = out / f"bench-{name}.json", out / f"bench-{name}.csv"
+    parts = args.only or ["bench", "train", "summary"]
+    rc = 0
+    if "bench" in parts:
+        from ..__main__ import main as bnkit_main
+
+        bench_args = ["bench", "--device", "cuda", "--json", str(bench_json), "--csv", str(bench_csv)]
+        bench_args += ["--quick"] * args.quick + [a for layout in args.layout or [] for a in ("--layout", layout)]
+        print(f"== benchmark -> {bench_json}", file=sys.stderr, flush=True)
+        rc |= bnkit_main(bench_args)
+    if "train" in parts:
+        from . import train_step
+
+        ts_json = out / f"train-step-{name}.json"
+        print(f"== training step -> {ts_json}", file=sys.stderr, flush=True)
+        rc |= train_step.main(["--device", "cuda", "--json", str(ts_json)] + ["--quick"] * args.quick)
+    if "summary" in parts and bench_json.exists():
+        print(summarize([bench_json], out / f"bench-{name}-vs-best.md", args.triton_impl))
+    return rc
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
