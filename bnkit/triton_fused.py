@@ -1,9 +1,10 @@
-"""Fewer-launch batch-norm kernels in Triton: the paths for small and L2-sized tensors.
+"""Fewer-launch batch-norm kernels in Triton: fused paths for small and L2-sized tensors.
 
 Imports torch and triton (import it explicitly; `import bnkit` does not).
-Builds on `bnkit.triton_kernels` (its (A, C, B) view of every layout, its
-tile helper and its split kernels, used here for the tensors too large for
-the fused paths) and has the same semantics as PyTorch.
+Uses `bnkit.triton_kernels`' (A, C, B) view of every layout, its tile helper
+and its split plan, and has the same semantics as PyTorch; the conventions
+(validation, momentum factor, the running-statistics recurrence, compiled
+from `bnkit.conventions`) are the other backends'.
 
 Paths (`plan` picks one per pass, from the committed `CONFIGS`):
 
@@ -12,33 +13,38 @@ Paths (`plan` picks one per pass, from the committed `CONFIGS`):
   statistics (forward: Chan-merged (count, mean, M2) per tile; backward:
   sum(dy) and sum(dy * (x - mean))), then the output. No other program
   touches those channels, so there is no cross-program merge at all: the
-  merge order is the tile order, fixed, and no atomics are used. The
-  second walk re-reads x (and dy) while the tensor is still in L2, so the
-  bytes from DRAM are the ideal 2·E·s (forward) and 3·E·s (backward). Chosen
-  when the pass's tensors fit in L2 and the channel blocks keep the
-  multiprocessors busy, or when the tensor is so small that launches, not
-  bytes, dominate. Running statistics are updated in the same launch.
-* ``split``: `bnkit.triton_kernels`' statistics kernels (partials over
-  (split, channel block), merged in a fixed order) for large tensors or
-  few channels, followed by `_normalize_flat_kernel`, which sees the tensor
-  as a flat array (aligned, contiguous tiles: full-width vector loads even
-  when a row's length, e.g. 14 x 14 = 196, is not a multiple of the vector
-  width). The backward is `triton_kernels.backward`.
+  merge order is the tile order, fixed, and no atomics are used. The second
+  walk re-reads x (and dy) while the tensor is still in L2, so the bytes from
+  DRAM are the ideal 2·E·s (forward) and 3·E·s (backward). Chosen when the
+  pass's tensors fit in L2 and the channel blocks keep the multiprocessors
+  busy, or when the tensor is so small that launches, not bytes, dominate.
+* ``split``: TWO launches per pass, for large tensors or few channel blocks.
+  A grid of (split, channel block) programs computes partials over its share
+  of the tiles; the last program of a channel block to finish (a ticket
+  counter: an atomic increment that orders programs, never an atomic on the
+  values) merges all of that block's partials in split order, so the result
+  does not depend on which program finished last; then one flat elementwise
+  kernel writes out (dx), seeing the tensor as a flat array (aligned,
+  contiguous tiles: full-width vector loads even when a row's length, e.g.
+  14 x 14 = 196, is not a multiple of the vector width).
 * eval: one launch of `_eval_flat_kernel`, which computes the per-channel
-  scale and shift from the running statistics itself (no separate small
-  torch ops).
+  scale and shift from the running statistics itself.
 
 Numerics: float32 accumulation for every dtype; Chan merges of exact tile
-statistics (no E[x^2] - E[x]^2) of the shifted data x - shift, shift a
-value of the channel, so that a large |mean| does not round the sums away;
-the output is ((x - shift) - (mean - shift)) * scale + bias and dx uses the
-same centring, so the mean is subtracted before any rounding by the scale.
+statistics (no E[x^2] - E[x]^2) of the shifted data x - shift, shift a value
+of the channel (its first), so a large |mean| does not round the sums away;
+out = ((x - shift) - (mean - shift)) * scale + bias and dx use the same
+centring, so the mean is subtracted before any rounding by the scale.
 
-float16/bfloat16 get their own tile sizes in `CONFIGS` (the same bytes per
-tile, so twice the elements, and rows of at least 32 bytes). `CONFIGS` is
-data, committed: no autotuning runs at import or test time, so CI is
-deterministic. Its values are first-principles choices that have not yet
-been measured on a GPU (see CONTRIBUTING.md, "Benchmark").
+Per-channel results live in a (5, C) float32 `stats` array: mean, invstd,
+shift, mean - shift, scale (= weight * invstd); the backward's coefficients
+in a (3, C) one: dx = k_dy * dy + k_xc * (x - mean) + k_c.
+
+float16/bfloat16 have their own entries in `CONFIGS` (rows of at least 32
+bytes, wider channel blocks). `CONFIGS` is data, committed: nothing is
+autotuned at import or test time, so CI is deterministic. Its values are
+first-principles choices not yet measured on a GPU (`python -m
+bnkit.experiments.gpu_run` measures them against torch).
 """
 
 import torch
@@ -50,10 +56,11 @@ from . import triton_kernels as tk
 from .torch import check_batch_norm_args, momentum_factor_
 from .triton_kernels import _sum_ab, _tile, _update_running
 
-# Per shape class: 'runs' is NCHW (B > 1, one channel per program, tiles
-# long along the contiguous H*W runs); 'rows' is (N, D) and channels-last
-# (B = 1, a block of channels per program, tiles of rows of C). Keyed by
-# (kind, bytes per element).
+# Per shape class: 'runs' is NCHW (B > 1: one channel per fused program,
+# tiles long along the contiguous H*W runs); 'rows' is (N, D) and
+# channels-last (B = 1: a block of channels per fused program, tiles of rows
+# of C). Keyed by (kind, bytes per element). tile_bytes: input per tile of the
+# fused kernels; flat_bytes: input per program of the flat kernels.
 CONFIGS = {
     ("runs", 4): dict(tile_bytes=16384, num_warps=4, flat_bytes=16384, flat_warps=4),
     ("runs", 2): dict(tile_bytes=16384, num_warps=4, flat_bytes=16384, flat_warps=4),
@@ -64,28 +71,21 @@ L2_FRACTION = 0.75  # fused when the pass's tensors take at most this much of L2
 MIN_PROGRAMS_PER_SM = 1.0  # ... and there are at least this many programs per multiprocessor,
 SMALL_BYTES = 8 * 2**20  # or when the tensors are this small whatever the parallelism
 INTERPRETER_L2_BYTES = 50 * 2**20  # without a GPU: plan as for an H100 (the tests force paths anyway)
+MERGE_BLOCK = 64  # partials merged at once by the split path's last program
 PATHS = ("fused", "split")
 
 
-@triton.jit
-def _fused_forward_kernel(x_ptr, out_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
-                          A, C, B, tiles_b, n_tiles, eps, factor,
-                          HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RUNNING: tl.constexpr,
-                          BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
-    """One program per channel block: statistics over all its tiles, then out.
+# ------------------------------------------------------------ shared pieces
 
-    stats_ptr: a (4, C) float32 array for mean, invstd, shift, mean - shift;
-    shift is each channel's first value (the shifted-data trick: the sums see
-    x - shift, small when |mean| >> std)."""
-    tc = tl.program_id(0)
-    c = tc * BC + tl.arange(0, BC)
-    keep = c < C
-    shift = tl.load(x_ptr + c * B, mask=keep, other=0.0).to(tl.float32)  # x[a=0, c, b=0]
-    shift3 = shift[None, :, None]
+@triton.jit
+def _tiles_stats(x_ptr, shift3, tc, t0, t1, A, C, B, tiles_b, BA: tl.constexpr, BC: tl.constexpr,
+                 BB: tl.constexpr):
+    """(mean, M2, count) of x - shift over tiles t0..t1 of channel block tc,
+    each tile's exact statistics Chan-merged in tile order."""
     mean = tl.zeros([BC], tl.float32)
     m2 = tl.zeros([BC], tl.float32)
     count = tl.zeros([BC], tl.float32)
-    for t in range(0, n_tiles):  # tile order fixed: the merge is deterministic
+    for t in range(t0, t1):
         ta = t // tiles_b
         tb = t % tiles_b
         offs, mask, c = _tile(ta, tb, tc, A, C, B, BA, BB=BB, BC=BC)
@@ -94,67 +94,61 @@ def _fused_forward_kernel(x_ptr, out_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_pt
         t_mean = _sum_ab(x) / n
         d = tl.where(mask, x - t_mean[None, :, None], 0.0)
         t_m2 = _sum_ab(d * d)
-        total = count + n  # Chan et al.'s merge of (count, mean, M2), of x - shift
+        total = count + n  # Chan et al.'s merge: no E[x^2] - E[x]^2
         delta = t_mean - mean
         mean += delta * (n / total)
         m2 += t_m2 + delta * delta * (count * (n / total))
         count = total
-    c = tc * BC + tl.arange(0, BC)
-    var = m2 / count
-    invstd = 1.0 / tl.sqrt(var + eps)
-    scale = invstd
-    if HAS_W:
-        scale *= tl.load(w_ptr + c, mask=keep, other=1.0).to(tl.float32)
-    bias = tl.zeros([BC], tl.float32)
-    if HAS_B:
-        bias += tl.load(b_ptr + c, mask=keep, other=0.0).to(tl.float32)
-    tl.store(stats_ptr + c, shift + mean, mask=keep)
-    tl.store(stats_ptr + C + c, invstd, mask=keep)
-    tl.store(stats_ptr + 2 * C + c, shift, mask=keep)
-    tl.store(stats_ptr + 3 * C + c, mean, mask=keep)
-    if HAS_RUNNING:  # bnkit.conventions' recurrence (count > 1 on every lane, padding too)
-        rm = tl.load(rm_ptr + c, mask=keep, other=0.0).to(tl.float32)
-        rv = tl.load(rv_ptr + c, mask=keep, other=0.0).to(tl.float32)
-        rm, rv = _update_running(rm, rv, shift + mean, var, count, factor)
-        tl.store(rm_ptr + c, rm.to(rm_ptr.dtype.element_ty), mask=keep)
-        tl.store(rv_ptr + c, rv.to(rv_ptr.dtype.element_ty), mask=keep)
-    mean3 = mean[None, :, None]
-    scale3 = scale[None, :, None]
-    bias3 = bias[None, :, None]
-    for t in range(0, n_tiles):  # the second read of x: from L2
-        offs, mask, c = _tile(t // tiles_b, t % tiles_b, tc, A, C, B, BA, BB=BB, BC=BC)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        out = ((x - shift3) - mean3) * scale3 + bias3
-        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    return mean, m2, count
 
 
 @triton.jit
-def _fused_backward_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, centre_ptr, invstd_ptr, dw_ptr, db_ptr,
-                           A, C, B, tiles_b, n_tiles, m,
-                           TRAIN: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                           BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
-    """One program per channel block: the two sums over all its tiles, then dx.
-
-    dx = gamma * invstd * (dy - (dbeta + xhat * dgamma) / m) in training,
-    dx = gamma * invstd * dy with constant (running) statistics.
-    centre_ptr: a (2, C) float32 array (shift, mean - shift): x - mean is
-    computed as (x - shift) - (mean - shift).
-    """
-    tc = tl.program_id(0)
-    c = tc * BC + tl.arange(0, BC)
-    keep = c < C
-    shift3 = tl.load(centre_ptr + c, mask=keep, other=0.0)[None, :, None]
-    mean3 = tl.load(centre_ptr + C + c, mask=keep, other=0.0)[None, :, None]
-    invstd = tl.load(invstd_ptr + c, mask=keep, other=1.0)
+def _grad_sums(x_ptr, dy_ptr, shift3, dmean3, tc, t0, t1, A, C, B, tiles_b, BA: tl.constexpr,
+               BC: tl.constexpr, BB: tl.constexpr):
+    """(sum dy, sum dy * (x - mean)) over tiles t0..t1 of channel block tc."""
     s_dy = tl.zeros([BC], tl.float32)
     s_dyx = tl.zeros([BC], tl.float32)
-    for t in range(0, n_tiles):  # fixed order: deterministic
+    for t in range(t0, t1):  # fixed order: deterministic
         offs, mask, c = _tile(t // tiles_b, t % tiles_b, tc, A, C, B, BA, BB=BB, BC=BC)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         s_dy += _sum_ab(dy)
-        s_dyx += _sum_ab(dy * tl.where(mask, (x - shift3) - mean3, 0.0))  # centred: no cancellation
-    c = tc * BC + tl.arange(0, BC)
+        s_dyx += _sum_ab(dy * tl.where(mask, (x - shift3) - dmean3, 0.0))  # centred: no cancellation
+    return s_dy, s_dyx
+
+
+@triton.jit
+def _store_stats(dmean, m2, count, shift, c, keep, C, w_ptr, rm_ptr, rv_ptr, stats_ptr, eps, factor,
+                 HAS_W: tl.constexpr, HAS_RUNNING: tl.constexpr):
+    """Write the (5, C) stats of channels c from the statistics of x - shift,
+    update the running statistics; return (invstd, scale)."""
+    var = m2 / tl.maximum(count, 1.0)
+    invstd = 1.0 / tl.sqrt(var + eps)
+    scale = invstd
+    if HAS_W:
+        scale *= tl.load(w_ptr + c, mask=keep, other=1.0).to(tl.float32)
+    tl.store(stats_ptr + c, shift + dmean, mask=keep)
+    tl.store(stats_ptr + C + c, invstd, mask=keep)
+    tl.store(stats_ptr + 2 * C + c, shift, mask=keep)
+    tl.store(stats_ptr + 3 * C + c, dmean, mask=keep)
+    tl.store(stats_ptr + 4 * C + c, scale, mask=keep)
+    if HAS_RUNNING:  # bnkit.conventions' recurrence
+        rm = tl.load(rm_ptr + c, mask=keep, other=0.0).to(tl.float32)
+        rv = tl.load(rv_ptr + c, mask=keep, other=0.0).to(tl.float32)
+        n = tl.where(keep, count, 2.0)  # padding lanes: any n > 1, they are not stored
+        rm, rv = _update_running(rm, rv, shift + dmean, var, n, factor)
+        tl.store(rm_ptr + c, rm.to(rm_ptr.dtype.element_ty), mask=keep)
+        tl.store(rv_ptr + c, rv.to(rv_ptr.dtype.element_ty), mask=keep)
+    return invstd, scale
+
+
+@triton.jit
+def _coefficients(s_dy, s_dyx, invstd, c, keep, C, w_ptr, dw_ptr, db_ptr, coef_ptr, m,
+                  TRAIN: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """dweight, dbias and dx = k_dy * dy + k_xc * (x - mean) + k_c's
+    coefficients, from dx = gamma * invstd * (dy - (dbeta + xhat * dgamma) / m)
+    in training and gamma * invstd * dy with constant statistics; stored in
+    the (3, C) coef array and returned."""
     dbeta = s_dy
     dgamma = s_dyx * invstd
     k_dy = invstd
@@ -164,20 +158,15 @@ def _fused_backward_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, centre_ptr, invstd_ptr,
     if HAS_B:
         tl.store(db_ptr + c, dbeta, mask=keep)
     if TRAIN:
-        k_xc = -k_dy * invstd * dgamma / m  # times (x - mean)
+        k_xc = -k_dy * invstd * dgamma / m
         k_c = -k_dy * dbeta / m
     else:
-        k_xc = tl.zeros([BC], tl.float32)
-        k_c = tl.zeros([BC], tl.float32)
-    k_dy3 = k_dy[None, :, None]
-    k_xc3 = k_xc[None, :, None]
-    k_c3 = k_c[None, :, None]
-    for t in range(0, n_tiles):  # the second read of x and dy: from L2
-        offs, mask, c = _tile(t // tiles_b, t % tiles_b, tc, A, C, B, BA, BB=BB, BC=BC)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dx = k_dy3 * dy + k_xc3 * ((x - shift3) - mean3) + k_c3
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        k_xc = tl.zeros_like(k_dy)
+        k_c = tl.zeros_like(k_dy)
+    tl.store(coef_ptr + c, k_dy, mask=keep)
+    tl.store(coef_ptr + C + c, k_xc, mask=keep)
+    tl.store(coef_ptr + 2 * C + c, k_c, mask=keep)
+    return k_dy, k_xc, k_c
 
 
 @triton.jit
@@ -189,21 +178,176 @@ def _channel_of(offs, C, B, ROWS: tl.constexpr):
         return (offs // B) % C
 
 
+# ------------------------------------------------------------- fused path
+
 @triton.jit
-def _normalize_flat_kernel(x_ptr, out_ptr, mean_ptr, scale_ptr, b_ptr, E, C, B,
+def _fused_forward_kernel(x_ptr, out_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr, stats_ptr,
+                          A, C, B, tiles_b, n_tiles, eps, factor,
+                          HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RUNNING: tl.constexpr,
+                          BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
+    """One program per channel block: the statistics over all its tiles, then out."""
+    tc = tl.program_id(0)
+    c = tc * BC + tl.arange(0, BC)
+    keep = c < C
+    shift = tl.load(x_ptr + c * B, mask=keep, other=0.0).to(tl.float32)  # x[a=0, c, b=0]
+    shift3 = shift[None, :, None]
+    dmean, m2, count = _tiles_stats(x_ptr, shift3, tc, 0, n_tiles, A, C, B, tiles_b, BA, BC, BB)
+    invstd, scale = _store_stats(dmean, m2, count, shift, c, keep, C, w_ptr, rm_ptr, rv_ptr, stats_ptr, eps,
+                                 factor, HAS_W, HAS_RUNNING)
+    bias = tl.zeros([BC], tl.float32)
+    if HAS_B:
+        bias += tl.load(b_ptr + c, mask=keep, other=0.0).to(tl.float32)
+    dmean3 = dmean[None, :, None]
+    scale3 = scale[None, :, None]
+    bias3 = bias[None, :, None]
+    for t in range(0, n_tiles):  # the second read of x: from L2
+        offs, mask, c = _tile(t // tiles_b, t % tiles_b, tc, A, C, B, BA, BB=BB, BC=BC)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        out = ((x - shift3) - dmean3) * scale3 + bias3
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fused_backward_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, stats_ptr, coef_ptr, dw_ptr, db_ptr,
+                           A, C, B, tiles_b, n_tiles, m,
+                           TRAIN: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                           BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr):
+    """One program per channel block: the two sums over all its tiles, then dx."""
+    tc = tl.program_id(0)
+    c = tc * BC + tl.arange(0, BC)
+    keep = c < C
+    invstd = tl.load(stats_ptr + C + c, mask=keep, other=1.0)
+    shift3 = tl.load(stats_ptr + 2 * C + c, mask=keep, other=0.0)[None, :, None]
+    dmean3 = tl.load(stats_ptr + 3 * C + c, mask=keep, other=0.0)[None, :, None]
+    s_dy, s_dyx = _grad_sums(x_ptr, dy_ptr, shift3, dmean3, tc, 0, n_tiles, A, C, B, tiles_b, BA, BC, BB)
+    k_dy, k_xc, k_c = _coefficients(s_dy, s_dyx, invstd, c, keep, C, w_ptr, dw_ptr, db_ptr, coef_ptr, m,
+                                    TRAIN, HAS_W, HAS_B)
+    k_dy3 = k_dy[None, :, None]
+    k_xc3 = k_xc[None, :, None]
+    k_c3 = k_c[None, :, None]
+    for t in range(0, n_tiles):  # the second read of x and dy: from L2
+        offs, mask, c = _tile(t // tiles_b, t % tiles_b, tc, A, C, B, BA, BB=BB, BC=BC)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dx = k_dy3 * dy + k_xc3 * ((x - shift3) - dmean3) + k_c3
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------- split path
+
+@triton.jit
+def _split_stats_kernel(x_ptr, part_ptr, ticket_ptr, w_ptr, rm_ptr, rv_ptr, stats_ptr,
+                        A, C, B, tiles_b, n_tiles, per, splits, eps, factor,
+                        HAS_W: tl.constexpr, HAS_RUNNING: tl.constexpr,
+                        BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, BS: tl.constexpr):
+    """Grid (splits, channel blocks): partial (mean, M2, count) of x - shift
+    per split into part (3, splits, C); the channel block's last program to
+    finish merges all splits in split order and writes the stats."""
+    split = tl.program_id(0)
+    tc = tl.program_id(1)
+    c = tc * BC + tl.arange(0, BC)
+    keep = c < C
+    shift = tl.load(x_ptr + c * B, mask=keep, other=0.0).to(tl.float32)  # the same shift in every split
+    t0 = split * per
+    p_mean, p_m2, p_n = _tiles_stats(x_ptr, shift[None, :, None], tc, t0, tl.minimum(t0 + per, n_tiles),
+                                     A, C, B, tiles_b, BA, BC, BB)
+    plane = splits * C
+    tl.store(part_ptr + split * C + c, p_mean, mask=keep)
+    tl.store(part_ptr + plane + split * C + c, p_m2, mask=keep)
+    tl.store(part_ptr + 2 * plane + split * C + c, p_n, mask=keep)
+    # acq_rel: this program's partials are visible before its ticket; the last one sees them all
+    if tl.atomic_add(ticket_ptr + tc, 1) == splits - 1:
+        mean = tl.zeros([BC], tl.float32)
+        m2 = tl.zeros([BC], tl.float32)
+        count = tl.zeros([BC], tl.float32)
+        for s0 in range(0, splits, BS):  # split order: deterministic, whoever merges
+            s = s0 + tl.arange(0, BS)
+            m = (s < splits)[:, None] & keep[None, :]
+            idx = s[:, None] * C + c[None, :]
+            q_mean = tl.load(part_ptr + idx, mask=m, other=0.0, cache_modifier=".cg")
+            q_m2 = tl.load(part_ptr + plane + idx, mask=m, other=0.0, cache_modifier=".cg")
+            q_n = tl.load(part_ptr + 2 * plane + idx, mask=m, other=0.0, cache_modifier=".cg")
+            n = tl.sum(q_n, axis=0)  # a block of BS partials merged exactly, then Chan-merged into the total
+            b_mean = tl.sum(q_n * q_mean, axis=0) / tl.maximum(n, 1.0)
+            dev = tl.where(m, q_mean - b_mean[None, :], 0.0)
+            b_m2 = tl.sum(q_m2, axis=0) + tl.sum(q_n * dev * dev, axis=0)
+            total = tl.maximum(count + n, 1.0)
+            delta = b_mean - mean
+            mean += delta * (n / total)
+            m2 += b_m2 + delta * delta * (count * (n / total))
+            count += n
+        _store_stats(mean, m2, count, shift, c, keep, C, w_ptr, rm_ptr, rv_ptr, stats_ptr, eps, factor,
+                     HAS_W, HAS_RUNNING)
+
+
+@triton.jit
+def _split_grad_kernel(x_ptr, dy_ptr, part_ptr, ticket_ptr, w_ptr, stats_ptr, coef_ptr, dw_ptr, db_ptr,
+                       A, C, B, tiles_b, n_tiles, per, splits, m,
+                       TRAIN: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                       BA: tl.constexpr, BC: tl.constexpr, BB: tl.constexpr, BS: tl.constexpr):
+    """Grid (splits, channel blocks): partial sums per split into part
+    (2, splits, C); the channel block's last program merges them in split
+    order and writes dweight, dbias and dx's coefficients."""
+    split = tl.program_id(0)
+    tc = tl.program_id(1)
+    c = tc * BC + tl.arange(0, BC)
+    keep = c < C
+    shift3 = tl.load(stats_ptr + 2 * C + c, mask=keep, other=0.0)[None, :, None]
+    dmean3 = tl.load(stats_ptr + 3 * C + c, mask=keep, other=0.0)[None, :, None]
+    t0 = split * per
+    p_dy, p_dyx = _grad_sums(x_ptr, dy_ptr, shift3, dmean3, tc, t0, tl.minimum(t0 + per, n_tiles),
+                             A, C, B, tiles_b, BA, BC, BB)
+    plane = splits * C
+    tl.store(part_ptr + split * C + c, p_dy, mask=keep)
+    tl.store(part_ptr + plane + split * C + c, p_dyx, mask=keep)
+    if tl.atomic_add(ticket_ptr + tc, 1) == splits - 1:
+        s_dy = tl.zeros([BC], tl.float32)
+        s_dyx = tl.zeros([BC], tl.float32)
+        for s0 in range(0, splits, BS):  # split order: deterministic, whoever merges
+            s = s0 + tl.arange(0, BS)
+            idx = s[:, None] * C + c[None, :]
+            mm = (s < splits)[:, None] & keep[None, :]
+            s_dy += tl.sum(tl.load(part_ptr + idx, mask=mm, other=0.0, cache_modifier=".cg"), axis=0)
+            s_dyx += tl.sum(tl.load(part_ptr + plane + idx, mask=mm, other=0.0, cache_modifier=".cg"), axis=0)
+        invstd = tl.load(stats_ptr + C + c, mask=keep, other=1.0)
+        _coefficients(s_dy, s_dyx, invstd, c, keep, C, w_ptr, dw_ptr, db_ptr, coef_ptr, m, TRAIN, HAS_W, HAS_B)
+
+
+@triton.jit
+def _normalize_flat_kernel(x_ptr, out_ptr, stats_ptr, b_ptr, E, C, B,
                            HAS_B: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """out = (x - mean[c]) * scale[c] + bias[c] over the flat tensor."""
+    """out = ((x - shift[c]) - (mean - shift)[c]) * scale[c] + bias[c] over the flat tensor."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < E
     c = _channel_of(offs, C, B, ROWS)
-    mean = tl.load(mean_ptr + c, mask=mask, other=0.0)
-    scale = tl.load(scale_ptr + c, mask=mask, other=0.0)
+    shift = tl.load(stats_ptr + 2 * C + c, mask=mask, other=0.0)
+    dmean = tl.load(stats_ptr + 3 * C + c, mask=mask, other=0.0)
+    scale = tl.load(stats_ptr + 4 * C + c, mask=mask, other=0.0)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    out = (x - mean) * scale
+    out = ((x - shift) - dmean) * scale
     if HAS_B:
         out += tl.load(b_ptr + c, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
+
+@triton.jit
+def _dx_flat_kernel(x_ptr, dy_ptr, dx_ptr, stats_ptr, coef_ptr, E, C, B, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """dx = k_dy[c] * dy + k_xc[c] * (x - mean[c]) + k_c[c] over the flat tensor."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < E
+    c = _channel_of(offs, C, B, ROWS)
+    shift = tl.load(stats_ptr + 2 * C + c, mask=mask, other=0.0)
+    dmean = tl.load(stats_ptr + 3 * C + c, mask=mask, other=0.0)
+    k_dy = tl.load(coef_ptr + c, mask=mask, other=0.0)
+    k_xc = tl.load(coef_ptr + C + c, mask=mask, other=0.0)
+    k_c = tl.load(coef_ptr + 2 * C + c, mask=mask, other=0.0)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dx = k_dy * dy + k_xc * ((x - shift) - dmean) + k_c
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# -------------------------------------------------------------------- eval
 
 @triton.jit
 def _eval_flat_kernel(x_ptr, out_ptr, rm_ptr, rv_ptr, w_ptr, b_ptr, E, C, B, eps,
@@ -272,63 +416,88 @@ def _check_path(path):
         raise ValueError(f"path must be one of {PATHS} or None (automatic), got {path!r}")
 
 
+def _split_plan(x3, shape, backward):
+    """triton_kernels' split plan (its committed tuning), for the statistics or the gradient sums."""
+    t = tk.tuning_defaults()
+    A, C, B = shape
+    waves = t.split_waves
+    if backward:
+        waves = t.narrow_grad_split_waves if B == 1 and C < 16 else t.grad_split_waves
+    return tk._plan(x3, shape, waves, t), t.reduce_warps
+
+
 def forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps, path=None):
-    """(out, mean, invstd, centre) of training mode for an (A, C, B) array:
-    out in x3's layout; mean, invstd float32 (C,); centre the (2, C) float32
-    (shift, mean - shift) that `backward_train` takes. Updates the running
-    statistics in place when given, with the running-average `factor`
+    """(out, stats) of training mode for an (A, C, B) array: out in x3's
+    layout, stats the (5, C) float32 per-channel results (module docstring)
+    that `backward_train` takes. Updates the running statistics in place
+    when given, with the running-average `factor`
     (`bnkit.torch.momentum_factor_`). weight or bias may be None."""
     _check_path(path)
     path = path or plan(x3, shape)
     A, C, B = shape
     out = torch.empty_like(x3)
+    stats = torch.empty((5, C), dtype=torch.float32, device=x3.device)
+    flags = dict(HAS_W=weight is not None, HAS_RUNNING=running_mean is not None)
+    rm, rv = _or(running_mean, stats), _or(running_var, stats)
     if path == "fused":
         BA, BC, BB, programs = fused_tiles(shape, x3.element_size(), tk._num_sms(x3))
-        stats = torch.empty((4, C), dtype=torch.float32, device=x3.device)
-        has_running = running_mean is not None
+        tiles_b = -(-B // BB)
         _fused_forward_kernel[(programs,)](
-            x3, out, _or(weight, stats), _or(bias, stats), _or(running_mean, stats), _or(running_var, stats),
-            stats, A, C, B, -(-B // BB), -(-A // BA) * -(-B // BB), float(eps), float(factor),
-            HAS_W=weight is not None, HAS_B=bias is not None, HAS_RUNNING=has_running, BA=BA, BC=BC, BB=BB,
-            num_warps=config(shape, x3.element_size())[1]["num_warps"])
-        return out, stats[0], stats[1], stats[2:]
-    ones = torch.ones(C, dtype=torch.float32, device=x3.device)
-    mean, invstd, scale, _ = tk.stats(x3, shape, _or(weight, ones), _or(bias, ones), running_mean, running_var,
-                                      factor, eps)
+            x3, out, _or(weight, stats), _or(bias, stats), rm, rv, stats, A, C, B, tiles_b, -(-A // BA) * tiles_b,
+            float(eps), float(factor), HAS_B=bias is not None, BA=BA, BC=BC, BB=BB,
+            num_warps=config(shape, x3.element_size())[1]["num_warps"], **flags)
+        return out, stats
+    p, warps = _split_plan(x3, shape, backward=False)
+    part = torch.empty((3, p["splits"], C), dtype=torch.float32, device=x3.device)
+    tickets = torch.zeros(p["tiles_c"], dtype=torch.int32, device=x3.device)
+    _split_stats_kernel[(p["splits"], p["tiles_c"])](
+        x3, part, tickets, _or(weight, stats), rm, rv, stats, A, C, B, p["tiles_b"], p["n_tiles"], p["per"],
+        p["splits"], float(eps), float(factor), BA=p["BA"], BC=p["BC"], BB=p["BB"],
+        BS=min(tk._pow2(p["splits"]), MERGE_BLOCK), num_warps=warps, **flags)
     grid, block, warps = _flat_grid(x3, shape)
-    _normalize_flat_kernel[grid](x3, out, mean, scale, _or(bias, scale), x3.numel(), C, B,
-                                 HAS_B=bias is not None, ROWS=B == 1, BLOCK=block, num_warps=warps)
-    return out, mean, invstd, _centre(mean)
+    _normalize_flat_kernel[grid](x3, out, stats, _or(bias, stats), x3.numel(), C, B, HAS_B=bias is not None,
+                                 ROWS=B == 1, BLOCK=block, num_warps=warps)
+    return out, stats
 
 
-def _centre(mean):
-    """(shift, mean - shift) with shift 0."""
-    return torch.stack((torch.zeros_like(mean), mean))
+def eval_stats(running_mean, running_var, eps):
+    """The (5, C) stats of eval mode: the running statistics, shift 0."""
+    mean = running_mean.float()
+    invstd = torch.rsqrt(running_var.float() + eps)
+    return torch.stack((mean, invstd, torch.zeros_like(mean), mean, invstd))
 
 
-def backward_train(x3, dy3, shape, weight, has_bias, mean, invstd, centre, train=True, path=None):
-    """(dx, dweight, dbias) for an (A, C, B) array; dy3 in x3's layout;
-    mean, invstd, centre from `forward_train`. dweight is None when weight
-    is, dbias None unless has_bias. train=False: the statistics are
-    constants (eval mode)."""
+def backward_train(x3, dy3, shape, weight, has_bias, stats, train=True, path=None):
+    """(dx, dweight, dbias) for an (A, C, B) array; dy3 in x3's layout; stats
+    from `forward_train` (or `eval_stats`, with train=False: the statistics
+    are then constants). dweight is None when weight is, dbias None unless
+    has_bias."""
     _check_path(path)
     path = path or plan(x3, shape, tensors=2)
     A, C, B = shape
+    dx = torch.empty_like(x3)
+    coef = torch.empty((3, C), dtype=torch.float32, device=x3.device)
+    dwb = torch.empty((2, C), dtype=torch.float32, device=x3.device)
+    flags = dict(TRAIN=train, HAS_W=weight is not None, HAS_B=has_bias)
     if path == "fused":
         BA, BC, BB, programs = fused_tiles(shape, x3.element_size(), tk._num_sms(x3))
-        dx = torch.empty_like(x3)
-        dwb = torch.empty((2, C), dtype=torch.float32, device=x3.device)
+        tiles_b = -(-B // BB)
         _fused_backward_kernel[(programs,)](
-            x3, dy3, dx, _or(weight, dwb), centre, invstd, dwb[0], dwb[1],
-            A, C, B, -(-B // BB), -(-A // BA) * -(-B // BB), float(A * B),
-            TRAIN=train, HAS_W=weight is not None, HAS_B=has_bias, BA=BA, BC=BC, BB=BB,
-            num_warps=config(shape, x3.element_size())[1]["num_warps"])
-        dw, db = dwb[0], dwb[1]
+            x3, dy3, dx, _or(weight, stats), stats, coef, dwb[0], dwb[1], A, C, B, tiles_b, -(-A // BA) * tiles_b,
+            float(A * B), BA=BA, BC=BC, BB=BB, num_warps=config(shape, x3.element_size())[1]["num_warps"], **flags)
     else:
-        w = _or(weight, torch.ones(C, dtype=torch.float32, device=x3.device))
-        dx, dw, db = tk.backward(x3, dy3, w, mean, invstd, shape, train=train)
+        p, warps = _split_plan(x3, shape, backward=True)
+        part = torch.empty((2, p["splits"], C), dtype=torch.float32, device=x3.device)
+        tickets = torch.zeros(p["tiles_c"], dtype=torch.int32, device=x3.device)
+        _split_grad_kernel[(p["splits"], p["tiles_c"])](
+            x3, dy3, part, tickets, _or(weight, stats), stats, coef, dwb[0], dwb[1], A, C, B, p["tiles_b"],
+            p["n_tiles"], p["per"], p["splits"], float(A * B), BA=p["BA"], BC=p["BC"], BB=p["BB"],
+            BS=min(tk._pow2(p["splits"]), MERGE_BLOCK), num_warps=warps, **flags)
+        grid, block, warps = _flat_grid(x3, shape)
+        _dx_flat_kernel[grid](x3, dy3, dx, stats, coef, x3.numel(), C, B, ROWS=B == 1, BLOCK=block,
+                              num_warps=warps)
     pdt = weight.dtype if weight is not None else torch.float32
-    return dx, dw.to(pdt) if weight is not None else None, db.to(pdt) if has_bias else None
+    return dx, dwb[0].to(pdt) if weight is not None else None, dwb[1].to(pdt) if has_bias else None
 
 
 def forward_eval(x3, shape, weight, bias, running_mean, running_var, eps):
@@ -371,17 +540,15 @@ class TrainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps, axis, path):
         x3, shape = tk._view3d(x, axis)
-        out, mean, invstd, centre = forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps,
-                                                  path)
-        ctx.save_for_backward(x3, weight, mean, invstd, centre)
+        out, stats = forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps, path)
+        ctx.save_for_backward(x3, weight, stats)
         ctx.shape, ctx.path, ctx.has_bias = shape, path, bias is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x3, weight, mean, invstd, centre = ctx.saved_tensors
-        dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias, mean, invstd, centre,
-                                    True, ctx.path)
+        x3, weight, stats = ctx.saved_tensors
+        dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias, stats, True, ctx.path)
         return dx, dw, db, None, None, None, None, None, None
 
 
@@ -399,9 +566,8 @@ class EvalFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x3, weight, rm, rv = ctx.saved_tensors
-        mean, invstd = rm.float(), torch.rsqrt(rv.float() + ctx.eps)
-        dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias, mean, invstd,
-                                    _centre(mean), False, ctx.path)
+        dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias,
+                                    eval_stats(rm, rv, ctx.eps), False, ctx.path)
         return dx, dw, db, None, None, None, None, None
 
 
