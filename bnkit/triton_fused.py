@@ -40,8 +40,8 @@ Per-channel results live in a (5, C) float32 `stats` array: mean, invstd,
 shift, mean - shift, scale (= weight * invstd); the backward's coefficients
 in a (3, C) one: dx = k_dy * dy + k_xc * (x - mean) + k_c.
 
-float16/bfloat16 have their own entries in `CONFIGS` (rows of at least 32
-bytes, wider channel blocks). `CONFIGS` is data, committed: nothing is
+float16/bfloat16 have their own entries in `CONFIGS` (twice the elements
+per tile, so more warps; wider channel blocks). `CONFIGS` is data, committed: nothing is
 autotuned at import or test time, so CI is deterministic. Its values are
 first-principles choices not yet measured on a GPU (`python -m
 bnkit.experiments.gpu_run` measures them against torch).
@@ -63,9 +63,9 @@ from .triton_kernels import _sum_ab, _tile, _update_running
 # fused kernels; flat_bytes: input per program of the flat kernels.
 CONFIGS = {
     ("runs", 4): dict(tile_bytes=16384, num_warps=4, flat_bytes=16384, flat_warps=4),
-    ("runs", 2): dict(tile_bytes=16384, num_warps=4, flat_bytes=16384, flat_warps=4),
+    ("runs", 2): dict(tile_bytes=16384, num_warps=8, flat_bytes=16384, flat_warps=4),
     ("rows", 4): dict(tile_bytes=16384, num_warps=4, row_bytes=32, max_bc=64, flat_bytes=16384, flat_warps=4),
-    ("rows", 2): dict(tile_bytes=16384, num_warps=4, row_bytes=32, max_bc=128, flat_bytes=16384, flat_warps=4),
+    ("rows", 2): dict(tile_bytes=16384, num_warps=8, row_bytes=16, max_bc=128, flat_bytes=16384, flat_warps=4),
 }
 L2_FRACTION = 0.75  # fused when the pass's tensors take at most this much of L2 ...
 MIN_PROGRAMS_PER_SM = 1.0  # ... and there are at least this many programs per multiprocessor,
@@ -373,10 +373,16 @@ def _pow2_floor(n):
     return 1 << max(0, int(n).bit_length() - 1)
 
 
-def config(shape, itemsize):
-    """The committed configuration of an (A, C, B) array's shape class."""
-    kind = "rows" if shape[2] == 1 else "runs"
-    return kind, CONFIGS[(kind, 2 if itemsize == 2 else 4)]
+def shape_class(shape, itemsize):
+    """The `CONFIGS` key of an (A, C, B) array: (kind, bytes per element)."""
+    return ("rows" if shape[2] == 1 else "runs", 2 if itemsize == 2 else 4)
+
+
+def config(shape, itemsize, configs=None):
+    """(kind, configuration) of an (A, C, B) array's shape class, from
+    `configs` (a table like CONFIGS: the tuner's variants) or the committed CONFIGS."""
+    key = shape_class(shape, itemsize)
+    return key[0], (configs or CONFIGS)[key]
 
 
 def _l2_bytes(x):
@@ -385,10 +391,10 @@ def _l2_bytes(x):
     return INTERPRETER_L2_BYTES
 
 
-def fused_tiles(shape, itemsize, sms):
+def fused_tiles(shape, itemsize, sms, configs=None):
     """(BA, BC, BB, programs) of the fused kernels for an (A, C, B) array."""
     A, C, B = shape
-    kind, cfg = config(shape, itemsize)
+    kind, cfg = config(shape, itemsize, configs)
     if kind == "runs":
         BC, BB = 1, tk._run_length(B)
     else:  # the widest channel block that still gives every multiprocessor a program
@@ -399,10 +405,10 @@ def fused_tiles(shape, itemsize, sms):
     return BA, BC, BB, -(-C // BC)
 
 
-def plan(x3, shape, tensors=1):
+def plan(x3, shape, tensors=1, configs=None):
     """'fused' or 'split' for a pass that reads `tensors` arrays like x3 twice."""
     sms = tk._num_sms(x3)
-    *_, programs = fused_tiles(shape, x3.element_size(), sms)
+    *_, programs = fused_tiles(shape, x3.element_size(), sms, configs)
     nbytes = tensors * x3.numel() * x3.element_size()
     if nbytes <= SMALL_BYTES:
         return "fused"
@@ -426,26 +432,27 @@ def _split_plan(x3, shape, backward):
     return tk._plan(x3, shape, waves, t), t.reduce_warps
 
 
-def forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps, path=None):
+def forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps, path=None, configs=None):
     """(out, stats) of training mode for an (A, C, B) array: out in x3's
     layout, stats the (5, C) float32 per-channel results (module docstring)
     that `backward_train` takes. Updates the running statistics in place
     when given, with the running-average `factor`
-    (`bnkit.torch.momentum_factor_`). weight or bias may be None."""
+    (`bnkit.torch.momentum_factor_`). weight or bias may be None. configs:
+    a table like CONFIGS (None: CONFIGS)."""
     _check_path(path)
-    path = path or plan(x3, shape)
+    path = path or plan(x3, shape, 1, configs)
     A, C, B = shape
     out = torch.empty_like(x3)
     stats = torch.empty((5, C), dtype=torch.float32, device=x3.device)
     flags = dict(HAS_W=weight is not None, HAS_RUNNING=running_mean is not None)
     rm, rv = _or(running_mean, stats), _or(running_var, stats)
     if path == "fused":
-        BA, BC, BB, programs = fused_tiles(shape, x3.element_size(), tk._num_sms(x3))
+        BA, BC, BB, programs = fused_tiles(shape, x3.element_size(), tk._num_sms(x3), configs)
         tiles_b = -(-B // BB)
         _fused_forward_kernel[(programs,)](
             x3, out, _or(weight, stats), _or(bias, stats), rm, rv, stats, A, C, B, tiles_b, -(-A // BA) * tiles_b,
             float(eps), float(factor), HAS_B=bias is not None, BA=BA, BC=BC, BB=BB,
-            num_warps=config(shape, x3.element_size())[1]["num_warps"], **flags)
+            num_warps=config(shape, x3.element_size(), configs)[1]["num_warps"], **flags)
         return out, stats
     p, warps = _split_plan(x3, shape, backward=False)
     part = torch.empty((3, p["splits"], C), dtype=torch.float32, device=x3.device)
@@ -454,7 +461,7 @@ def forward_train(x3, shape, weight, bias, running_mean, running_var, factor, ep
         x3, part, tickets, _or(weight, stats), rm, rv, stats, A, C, B, p["tiles_b"], p["n_tiles"], p["per"],
         p["splits"], float(eps), float(factor), BA=p["BA"], BC=p["BC"], BB=p["BB"],
         BS=min(tk._pow2(p["splits"]), MERGE_BLOCK), num_warps=warps, **flags)
-    grid, block, warps = _flat_grid(x3, shape)
+    grid, block, warps = _flat_grid(x3, shape, configs)
     _normalize_flat_kernel[grid](x3, out, stats, _or(bias, stats), x3.numel(), C, B, HAS_B=bias is not None,
                                  ROWS=B == 1, BLOCK=block, num_warps=warps)
     return out, stats
@@ -467,24 +474,25 @@ def eval_stats(running_mean, running_var, eps):
     return torch.stack((mean, invstd, torch.zeros_like(mean), mean, invstd))
 
 
-def backward_train(x3, dy3, shape, weight, has_bias, stats, train=True, path=None):
+def backward_train(x3, dy3, shape, weight, has_bias, stats, train=True, path=None, configs=None):
     """(dx, dweight, dbias) for an (A, C, B) array; dy3 in x3's layout; stats
     from `forward_train` (or `eval_stats`, with train=False: the statistics
     are then constants). dweight is None when weight is, dbias None unless
     has_bias."""
     _check_path(path)
-    path = path or plan(x3, shape, tensors=2)
+    path = path or plan(x3, shape, 2, configs)
     A, C, B = shape
     dx = torch.empty_like(x3)
     coef = torch.empty((3, C), dtype=torch.float32, device=x3.device)
     dwb = torch.empty((2, C), dtype=torch.float32, device=x3.device)
     flags = dict(TRAIN=train, HAS_W=weight is not None, HAS_B=has_bias)
     if path == "fused":
-        BA, BC, BB, programs = fused_tiles(shape, x3.element_size(), tk._num_sms(x3))
+        BA, BC, BB, programs = fused_tiles(shape, x3.element_size(), tk._num_sms(x3), configs)
         tiles_b = -(-B // BB)
         _fused_backward_kernel[(programs,)](
             x3, dy3, dx, _or(weight, stats), stats, coef, dwb[0], dwb[1], A, C, B, tiles_b, -(-A // BA) * tiles_b,
-            float(A * B), BA=BA, BC=BC, BB=BB, num_warps=config(shape, x3.element_size())[1]["num_warps"], **flags)
+            float(A * B), BA=BA, BC=BC, BB=BB, num_warps=config(shape, x3.element_size(), configs)[1]["num_warps"],
+            **flags)
     else:
         p, warps = _split_plan(x3, shape, backward=True)
         part = torch.empty((2, p["splits"], C), dtype=torch.float32, device=x3.device)
@@ -493,17 +501,17 @@ def backward_train(x3, dy3, shape, weight, has_bias, stats, train=True, path=Non
             x3, dy3, part, tickets, _or(weight, stats), stats, coef, dwb[0], dwb[1], A, C, B, p["tiles_b"],
             p["n_tiles"], p["per"], p["splits"], float(A * B), BA=p["BA"], BC=p["BC"], BB=p["BB"],
             BS=min(tk._pow2(p["splits"]), MERGE_BLOCK), num_warps=warps, **flags)
-        grid, block, warps = _flat_grid(x3, shape)
+        grid, block, warps = _flat_grid(x3, shape, configs)
         _dx_flat_kernel[grid](x3, dy3, dx, stats, coef, x3.numel(), C, B, ROWS=B == 1, BLOCK=block,
                               num_warps=warps)
     pdt = weight.dtype if weight is not None else torch.float32
     return dx, dwb[0].to(pdt) if weight is not None else None, dwb[1].to(pdt) if has_bias else None
 
 
-def forward_eval(x3, shape, weight, bias, running_mean, running_var, eps):
+def forward_eval(x3, shape, weight, bias, running_mean, running_var, eps, configs=None):
     """out with the running statistics, in one launch."""
     out = torch.empty_like(x3)
-    grid, block, warps = _flat_grid(x3, shape)
+    grid, block, warps = _flat_grid(x3, shape, configs)
     _eval_flat_kernel[grid](x3, out, running_mean, running_var, _or(weight, running_mean), _or(bias, running_mean),
                             x3.numel(), shape[1], shape[2], float(eps), HAS_W=weight is not None,
                             HAS_B=bias is not None, ROWS=shape[2] == 1, BLOCK=block, num_warps=warps)
@@ -515,9 +523,9 @@ def _or(t, dummy):
     return dummy if t is None else t
 
 
-def _flat_grid(x3, shape):
+def _flat_grid(x3, shape, configs=None):
     """(grid, BLOCK, num_warps) of the flat elementwise kernels."""
-    _, cfg = config(shape, x3.element_size())
+    _, cfg = config(shape, x3.element_size(), configs)
     block = tk._pow2(min(x3.numel(), cfg["flat_bytes"] // x3.element_size()))
     return (-(-x3.numel() // block),), block, cfg["flat_warps"]
 
@@ -531,53 +539,57 @@ def _dy_like(dout, x3):
 class TrainFunction(torch.autograd.Function):
     """Training-mode batch norm, differentiable in x, weight, bias.
 
-    apply(x, weight, bias, running_mean, running_var, factor, eps, axis, path)
+    apply(x, weight, bias, running_mean, running_var, factor, eps, axis, path, configs)
     -> out. weight or bias may be None (no such parameter: affine=False);
     running_mean/var may be None; factor is the running-average factor
-    itself (a float, `bnkit.torch.momentum_factor_`). path None: `plan`.
+    itself (a float, `bnkit.torch.momentum_factor_`). path None: `plan`;
+    configs None: CONFIGS.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps, axis, path):
+    def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps, axis, path, configs):
         x3, shape = tk._view3d(x, axis)
-        out, stats = forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps, path)
+        out, stats = forward_train(x3, shape, weight, bias, running_mean, running_var, factor, eps, path, configs)
         ctx.save_for_backward(x3, weight, stats)
-        ctx.shape, ctx.path, ctx.has_bias = shape, path, bias is not None
+        ctx.shape, ctx.path, ctx.configs, ctx.has_bias = shape, path, configs, bias is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x3, weight, stats = ctx.saved_tensors
-        dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias, stats, True, ctx.path)
-        return dx, dw, db, None, None, None, None, None, None
+        dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias, stats, True, ctx.path,
+                                    ctx.configs)
+        return dx, dw, db, None, None, None, None, None, None, None
 
 
 class EvalFunction(torch.autograd.Function):
     """Eval mode with the running statistics; the backward treats them as constants."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, eps, axis, path):
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, axis, path, configs):
         x3, shape = tk._view3d(x, axis)
-        out = forward_eval(x3, shape, weight, bias, running_mean, running_var, eps)
+        out = forward_eval(x3, shape, weight, bias, running_mean, running_var, eps, configs)
         ctx.save_for_backward(x3, weight, running_mean, running_var)
-        ctx.shape, ctx.eps, ctx.path, ctx.has_bias = shape, eps, path, bias is not None
+        ctx.shape, ctx.eps, ctx.path, ctx.configs, ctx.has_bias = shape, eps, path, configs, bias is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x3, weight, rm, rv = ctx.saved_tensors
         dx, dw, db = backward_train(x3, _dy_like(dout, x3), ctx.shape, weight, ctx.has_bias,
-                                    eval_stats(rm, rv, ctx.eps), False, ctx.path)
-        return dx, dw, db, None, None, None, None, None
+                                    eval_stats(rm, rv, ctx.eps), False, ctx.path, ctx.configs)
+        return dx, dw, db, None, None, None, None, None, None
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=conventions.MOMENTUM, eps=conventions.EPS, axis=1, num_batches_tracked=None, path=None):
+               momentum=conventions.MOMENTUM, eps=conventions.EPS, axis=1, num_batches_tracked=None, path=None,
+               configs=None):
     """torch.nn.functional.batch_norm on the fewer-launch kernels.
 
     The same arguments, conventions and validation as
     `bnkit.triton_kernels.batch_norm` (`bnkit.conventions`), plus `path`:
-    'fused' or 'split' forces a path, None lets `plan` choose per pass.
+    'fused' or 'split' forces a path, None lets `plan` choose per pass; and
+    `configs`, a table like CONFIGS (the tuner's variants; None: CONFIGS).
     weight or bias None means no such parameter; no ones/zeros tensors are
     made on the fused paths.
     """
@@ -587,5 +599,5 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     _check_path(path)
     if training:
         factor = momentum_factor_(num_batches_tracked, momentum) if running_mean is not None else 0.0
-        return TrainFunction.apply(x, weight, bias, running_mean, running_var, factor, eps, axis, path)
-    return EvalFunction.apply(x, weight, bias, running_mean, running_var, eps, axis, path)
+        return TrainFunction.apply(x, weight, bias, running_mean, running_var, factor, eps, axis, path, configs)
+    return EvalFunction.apply(x, weight, bias, running_mean, running_var, eps, axis, path, configs)

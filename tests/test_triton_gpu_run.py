@@ -1,9 +1,16 @@
 """The GPU run script's parts that need no GPU: the table against torch's best
 path, checked on the committed H100 figures (issue 10's 52 of 66 and its 14
 losses), the GPU's slug, and the refusal without CUDA."""
+import os
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
+
+CUDA = torch.cuda.is_available()
+if not CUDA and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"  # the tuner's timing closures run the kernels
 
 from bnkit.experiments import gpu_run  # noqa: E402
 
@@ -57,3 +64,41 @@ def test_slug():
 def test_without_cuda_it_says_so(capsys):
     assert gpu_run.main(["--only", "bench"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_tune_descends_to_the_fastest_variant():
+    def score(key, cfg, cases):
+        if cfg["max_bc"] == 128:
+            raise RuntimeError("out of resources")  # a failing variant is left out, the rest go on
+        return cfg["tile_bytes"] / 1e4 + (0.0 if cfg["num_warps"] == 8 else 1.0)
+
+    result = gpu_run.tune({("rows", 4): ["a case"]}, score=score, progress=False)
+    best = result["best"][("rows", 4)]
+    assert best["tile_bytes"] == 8192 and best["num_warps"] == 8
+    assert best["row_bytes"] == 32 and best["max_bc"] == 64  # no better variant: the committed value stays
+    assert min(t["ms"] for t in result["trials"]) == score(None, best, None)
+
+
+def test_class_time_runs_the_kernels_with_the_variant():
+    pytest.importorskip("triton", reason="triton is not installed")
+    if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton was imported before interpreter mode could be set, and there is no GPU")
+    device = "cuda" if CUDA else "cpu"
+    groups = gpu_run.tune_cases([("nd", (8, 4)), ("nchw", (4, 3, 2, 2)), ("nhwc", (4, 3, 2, 2))], ("float32",))
+    assert groups == {("rows", 4): [("nd", (8, 4), "float32"), ("nhwc", (4, 3, 2, 2), "float32")],
+                      ("runs", 4): [("nchw", (4, 3, 2, 2), "float32")]}
+    from bnkit import triton_fused as tf
+
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    cfg = dict(tf.CONFIGS[("rows", 4)], tile_bytes=64)
+    assert gpu_run.class_time(("rows", 4), cfg, groups[("rows", 4)], device, timer) == 4.0  # 2 cases x 2 passes
+    assert len(calls) == 4
+    broken = {k: v for k, v in cfg.items() if k != "tile_bytes"}
+    with pytest.raises(KeyError, match="tile_bytes"):  # the variant, not the committed table, is what runs
+        gpu_run.class_time(("rows", 4), broken, groups[("rows", 4)], device, timer)

@@ -165,14 +165,14 @@ def _bnkit_triton(case, stream=None, tuning=None):
     return _autograd_pair(f, case, stream)
 
 
-def _bnkit_triton_fused(case, stream=None, path=None):
-    from .. import triton_fused as tf  # the fewer-launch paths; path None: its plan chooses
+def _bnkit_triton_fused(case, stream=None, path=None, configs=None):
+    from .. import triton_fused as tf  # the fewer-launch paths; path None: its plan chooses; configs: the tuner's
 
     x, w, b, rm, rv, _ = case
 
     def f():
         return tf.batch_norm(x, rm, rv, w, b, training=True, momentum=conventions.MOMENTUM, eps=conventions.EPS,
-                             path=path)
+                             path=path, configs=configs)
     return _autograd_pair(f, case, stream)
 
 

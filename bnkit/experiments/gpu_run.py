@@ -11,6 +11,8 @@ Writes, for a GPU named e.g. "NVIDIA H200" (slug ``h200``):
   cuda`` (every implementation, the 11 shapes x 3 dtypes x 2 passes; the
   device name, versions and date are in the JSON's meta and the CSV's columns);
 - ``book/data/train-step-h200.json``: `bnkit.experiments.train_step`;
+- with ``--only tune``, ``book/data/triton-configs-h200.json`` and the best
+  `bnkit.triton_fused.CONFIGS` table printed, to paste, commit and then bench;
 - ``book/data/bench-h200-vs-best.md``: the 66 cases, bnkit's Triton time
   against the best of torch's paths (cuDNN, ATen native, torch.compile), and
   the issue's goals (>= 1.0x on every case; at tensors >= 100 MB, fp16/bf16 >=
@@ -136,11 +138,99 @@ def summarize(paths, out=None, triton_impl=None):
     return text
 
 
+# ------------------------------------------------------------------ tuning
+
+TUNE_KNOBS = {"tile_bytes": (8192, 16384, 32768), "num_warps": (2, 4, 8), "flat_bytes": (8192, 16384, 32768),
+              "flat_warps": (4, 8), "row_bytes": (16, 32, 64), "max_bc": (32, 64, 128)}
+
+
+def tune_cases(shapes=None, dtypes=("float32", "float16", "bfloat16")):
+    """{CONFIGS key: [(layout, shape, dtype)]}: the benchmark's cases grouped by shape class."""
+    import torch
+
+    from .. import bench
+    from .. import triton_fused as tf
+    from .. import triton_kernels as tk
+
+    groups = {}
+    for layout, shape in shapes or bench.FULL_SHAPES:
+        for dtype in dtypes:
+            x = torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            if layout == "nhwc":
+                x = x.contiguous(memory_format=torch.channels_last)
+            groups.setdefault(tf.shape_class(tk._view3d(x, 1)[1], x.element_size()), []).append((layout, shape, dtype))
+    return groups
+
+
+def _cuda_ms(fn, stream):
+    import statistics
+
+    from .. import bench
+
+    graph = bench.graph_of(fn, stream)
+    return statistics.median(bench.time_cuda(graph.replay if graph is not None else fn))
+
+
+def class_time(key, cfg, cases, device="cuda", timer=None):
+    """Summed forward + backward time (ms) of `cases` with CONFIGS[key] replaced by cfg."""
+    import torch
+
+    from .. import bench
+    from .. import triton_fused as tf
+
+    configs = {**tf.CONFIGS, key: cfg}
+    stream = bench.new_side_stream() if device == "cuda" else None
+    timer = timer or (lambda fn: _cuda_ms(fn, stream))
+    total = 0.0
+    for layout, shape, dtype in cases:
+        case = bench.torch_case(layout, shape, getattr(torch, dtype), device)
+        fwd, bwd = bench.torch_impl("bnkit-triton-fused", case, stream, configs=configs)
+        total += timer(fwd) + timer(bwd)
+    return total
+
+
+def tune(groups=None, score=None, progress=True):
+    """Coordinate descent over TUNE_KNOBS per shape class, from the committed
+    CONFIGS: one knob at a time, a change kept when it is more than 1% faster.
+    score(key, cfg, cases) -> ms (default `class_time` on CUDA). Returns
+    dict(best={key: cfg}, trials=[...]): paste `best` into triton_fused.CONFIGS
+    and commit it (nothing is tuned at run time)."""
+    from .. import triton_fused as tf
+
+    groups = groups or tune_cases()
+    score = score or class_time
+    best, trials = {}, []
+    for key, cases in groups.items():
+        cur = dict(tf.CONFIGS[key])
+        cur_ms = score(key, cur, cases)
+        trials.append(dict(key=list(key), config=dict(cur), ms=cur_ms))
+        for knob, values in TUNE_KNOBS.items():
+            if knob not in cur:
+                continue
+            for v in values:
+                if v == cur[knob]:
+                    continue
+                cand = dict(cur, **{knob: v})
+                try:
+                    ms = score(key, cand, cases)
+                except Exception as e:  # e.g. out of resources: that variant is out, the others go on
+                    print(f"  {key} {knob}={v}: FAILED {type(e).__name__}: {e}", file=sys.stderr)
+                    continue
+                trials.append(dict(key=list(key), config=cand, ms=ms))
+                if progress:
+                    print(f"  {key} {knob}={v}: {ms:.4f} ms (best {cur_ms:.4f})", file=sys.stderr, flush=True)
+                if ms < 0.99 * cur_ms:
+                    cur, cur_ms = cand, ms
+        best[key] = cur
+    return dict(best=best, trials=trials)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bnkit.experiments.gpu_run", description=__doc__.split("\n")[0])
     p.add_argument("--out-dir", default="book/data", help="where the figures go (default book/data)")
-    p.add_argument("--only", choices=["bench", "train", "summary"], action="append",
-                   help="run only this part (repeatable; default: all three)")
+    p.add_argument("--only", choices=["bench", "train", "summary", "tune"], action="append",
+                   help="run only this part (repeatable; default: bench, train, summary). 'tune' times "
+                        "variants of triton_fused.CONFIGS and prints the best table, to commit before the bench")
     p.add_argument("--layout", action="append", choices=["nd", "nchw", "nhwc"],
                    help="benchmark only this layout (repeatable), e.g. to fit a time limit")
     p.add_argument("--quick", action="store_true", help="a trial run: the benchmark's and training step's quick modes")
@@ -162,6 +252,13 @@ def main(argv=None):
     bench_json, bench_csv = out / f"bench-{name}.json", out / f"bench-{name}.csv"
     parts = args.only or ["bench", "train", "summary"]
     rc = 0
+    if "tune" in parts:
+        result = tune()
+        with open(out / f"triton-configs-{name}.json", "w") as f:
+            json.dump(dict(best=[dict(key=list(k), config=v) for k, v in result["best"].items()],
+                           trials=result["trials"]), f, indent=1)
+        print("CONFIGS = {\n" + "".join(f"    {k!r}: dict({', '.join(f'{a}={b!r}' for a, b in v.items())}),\n"
+                                       for k, v in result["best"].items()) + "}")
     if "bench" in parts:
         from ..__main__ import main as bnkit_main
 
