@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make book   creates .venv if needed, then builds the book into _build/html
 #   make test   creates .venv if needed, then runs every test
+# While working: make lint (ruff, as CI runs it first) and make test-fast
+# (every test but the slow ones: no book build, browser or nbgrader; < 2 min).
 # Everything is pinned by constraints.txt (torch==2.13.0, a CPU build here).
 
 PYTHON ?= python3
@@ -10,13 +12,15 @@ STAMP  := $(VENV)/.installed-stamp
 # pytest's own options for a run by hand, e.g. make test PYTEST_ARGS="-k staged"
 PYTEST_ARGS ?=
 
-.PHONY: all venv test book clean help mathjax chromium
+.PHONY: all venv test test-fast lint book clean help mathjax chromium
 
 all: test
 
 help:
 	@echo "make book   build the book into _build/html (open _build/html/index.html)"
 	@echo "make test   run every test"
+	@echo "make test-fast  every test but the slow ones (no book build, browser or nbgrader)"
+	@echo "make lint   ruff check (pyproject.toml's rules), as CI runs it first"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +58,15 @@ book: $(STAMP) $(MATHJAX)
 
 test: $(STAMP) $(MATHJAX) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Needs neither MathJax nor chromium: the slow tests are the ones that would.
+# Two pytest-xdist workers: the 2 cores CI and the team machines have.
+FAST_WORKERS ?= 2
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -n $(FAST_WORKERS) $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis book/_extra/mathjax test-artifacts

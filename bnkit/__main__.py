@@ -3,8 +3,11 @@ import argparse
 import sys
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="bnkit", description="bnkit command line")
+    parser.add_argument("--version", action="version", version=f"bnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="time batch norm forward and backward (training mode)")
     b.add_argument("--quick", action="store_true", help="small shapes, few repeats (a short CPU run)")

@@ -4,10 +4,13 @@ Use float64: with h = 1e-5 the truncation error is O(h**2) ~ 1e-10 and the
 rounding error O(eps_machine / h) ~ 1e-11, so a correct analytic gradient
 typically agrees to a relative error below 1e-7. float32 cannot get there.
 """
+from typing import Callable, Optional
+
 import numpy as np
 
 
-def numerical_gradient(f, x, dout=None, h=1e-5):
+def numerical_gradient(f: Callable[[np.ndarray], object], x: np.ndarray, dout: Optional[np.ndarray] = None,
+                       h: float = 1e-5) -> np.ndarray:
     """Gradient of f at x by centred differences.
 
     - f: function of the array x. If dout is None, f returns a scalar and
@@ -21,10 +24,9 @@ def numerical_gradient(f, x, dout=None, h=1e-5):
     """
     if not np.issubdtype(np.asarray(x).dtype, np.floating):
         raise TypeError(f"x must be a float array, got dtype {np.asarray(x).dtype}")
-    if dout is None:
-        g = lambda: float(f(x))  # noqa: E731
-    else:
-        g = lambda: float(np.sum(f(x) * dout))  # noqa: E731
+    def g():
+        return float(f(x)) if dout is None else float(np.sum(f(x) * dout))
+
     grad = np.zeros_like(x, dtype=np.float64)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
@@ -42,12 +44,13 @@ def numerical_gradient(f, x, dout=None, h=1e-5):
     return grad
 
 
-def eval_numerical_gradient_array(f, x, df, h=1e-5):
+def eval_numerical_gradient_array(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, df: np.ndarray,
+                                  h: float = 1e-5) -> np.ndarray:
     """CS231n's name for `numerical_gradient(f, x, df, h)`."""
     return numerical_gradient(f, x, df, h)
 
 
-def rel_error(a, b):
+def rel_error(a, b) -> float:
     """max |a - b| / max(1e-8, |a| + |b|), elementwise: CS231n's measure.
 
     Around 1e-7 or below: correct. Above 1e-3: almost surely a bug.

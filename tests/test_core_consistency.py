@@ -45,12 +45,12 @@ def test_staged_fast_and_numerical_gradients_agree(inp):
         assert gs.shape == gf.shape
         np.testing.assert_allclose(gs, gf, rtol=1e-10, atol=1e-12)
 
-    fx = lambda x_: fast.batchnorm_forward(x_, gamma, beta, param(), axis=axis)[0]  # noqa: E731
-    fg = lambda g_: fast.batchnorm_forward(x, g_, beta, param(), axis=axis)[0]  # noqa: E731
-    fb = lambda b_: fast.batchnorm_forward(x, gamma, b_, param(), axis=axis)[0]  # noqa: E731
-    assert rel_error(numerical_gradient(fx, x.copy(), dout), grads_s[0]) < 1e-5
-    assert rel_error(numerical_gradient(fg, gamma.copy(), dout), grads_s[1]) < 1e-5
-    assert rel_error(numerical_gradient(fb, beta.copy(), dout), grads_s[2]) < 1e-5
+    def out_of(x_=x, g_=gamma, b_=beta):
+        return fast.batchnorm_forward(x_, g_, b_, param(), axis=axis)[0]
+
+    assert rel_error(numerical_gradient(lambda a: out_of(x_=a), x.copy(), dout), grads_s[0]) < 1e-5
+    assert rel_error(numerical_gradient(lambda a: out_of(g_=a), gamma.copy(), dout), grads_s[1]) < 1e-5
+    assert rel_error(numerical_gradient(lambda a: out_of(b_=a), beta.copy(), dout), grads_s[2]) < 1e-5
 
 
 @pytest.mark.parametrize("shape,axis", [((5, 3), 1), ((4, 3, 2, 2), 1), ((4, 2, 2, 3), -1)])
