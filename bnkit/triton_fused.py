@@ -69,7 +69,7 @@ CONFIGS = {
 }
 L2_FRACTION = 0.75  # fused when the pass's tensors take at most this much of L2 ...
 MIN_PROGRAMS_PER_SM = 1.0  # ... and there are at least this many programs per multiprocessor,
-SMALL_BYTES = 8 * 2**20  # or when the tensors are this small whatever the parallelism
+SMALL_PROGRAM_BYTES = 128 * 2**10  # or when each program has this little to read: launches dominate
 INTERPRETER_L2_BYTES = 50 * 2**20  # without a GPU: plan as for an H100 (the tests force paths anyway)
 MERGE_BLOCK = 64  # partials merged at once by the split path's last program
 PATHS = ("fused", "split")
@@ -410,7 +410,7 @@ def plan(x3, shape, tensors=1, configs=None):
     sms = tk._num_sms(x3)
     *_, programs = fused_tiles(shape, x3.element_size(), sms, configs)
     nbytes = tensors * x3.numel() * x3.element_size()
-    if nbytes <= SMALL_BYTES:
+    if nbytes <= SMALL_PROGRAM_BYTES * programs:  # small for every program, even if they are few
         return "fused"
     if nbytes <= L2_FRACTION * _l2_bytes(x3) and programs >= MIN_PROGRAMS_PER_SM * sms:
         return "fused"

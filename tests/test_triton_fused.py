@@ -228,13 +228,15 @@ def test_plan_on_the_benchmark_shapes(monkeypatch):
             x = x.contiguous(memory_format=torch.channels_last)
         return tf.plan(*tk._view3d(x, 1), tensors=tensors)
 
-    assert path((1024, 1024), torch.float32) == "fused"  # 4 MB: launches dominate
+    assert path((1024, 1024), torch.float32) == "fused"  # 4 MB: 128 programs of 32 KB, launches dominate
     assert path((1024, 1024), torch.float32, tensors=2) == "fused"
     assert path((256, 256, 14, 14), torch.float16) == "fused"  # 26 MB in L2, C = 256 programs
     assert path((256, 256, 14, 14), torch.float32) == "split"  # 51 MB: more than L2
     assert path((256, 64, 56, 56), torch.float32) == "split"
     assert path((128, 3, 224, 224), torch.bfloat16, cl=True) == "split"  # 3 channels: too few programs
     assert path((4096, 4096), torch.float32) == "split"
+    assert path((64, 1, 128, 128), torch.float32) == "split"  # 4 MB but one channel: one program would read it all
+    assert path((16, 1, 32, 32), torch.float32) == "fused"  # 64 KB in one program: launch-bound
 
 
 def test_bad_input_is_refused():
