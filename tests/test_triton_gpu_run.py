@@ -102,3 +102,18 @@ def test_class_time_runs_the_kernels_with_the_variant():
     broken = {k: v for k, v in cfg.items() if k != "tile_bytes"}
     with pytest.raises(KeyError, match="tile_bytes"):  # the variant, not the committed table, is what runs
         gpu_run.class_time(("rows", 4), broken, groups[("rows", 4)], device, timer)
+
+
+def test_benchmark_parts_merge_into_one_file(tmp_path):
+    import json
+
+    data = json.load(open(H100))
+    for layouts in (("nd",), ("nchw", "nhwc")):
+        part = dict(meta=data["meta"], results=[r for r in data["results"] if r["layout"] in layouts])
+        (tmp_path / f"bench-h100-part-{'-'.join(layouts)}.json").write_text(json.dumps(part))
+    merged = tmp_path / "bench-h100.json"
+    gpu_run.merge_parts(sorted(tmp_path.glob("bench-h100-part-*.json")), merged, tmp_path / "bench-h100.csv")
+    rows, meta = gpu_run.load_rows([merged])
+    assert len(rows) == len(data["results"]) and meta["device_name"] == data["meta"]["device_name"]
+    assert len(gpu_run.versus_best(rows)[1]) == 66
+    assert (tmp_path / "bench-h100.csv").read_text().count("\n") == len(rows) + 1  # a header and every row

@@ -20,9 +20,15 @@ Writes, for a GPU named e.g. "NVIDIA H200" (slug ``h200``):
   or not with its worst case.
 
 Each part writes as it goes (the benchmark checkpoints after every shape),
-so a part cut short by a time limit still leaves its figures; `--layout`
-(repeatable) splits the benchmark into shorter runs, merged afterwards with
-`--summarize a.json b.json ...`.
+so a part cut short by a time limit still leaves its figures. `--layout`
+(repeatable) runs one part of the benchmark into
+``bench-<gpu>-part-<layouts>.json/csv``; a later ``--only summary`` merges the
+parts into ``bench-<gpu>.json/csv``. With a 10-minute limit per command:
+
+    python -m bnkit.experiments.gpu_run --only bench --layout nd
+    python -m bnkit.experiments.gpu_run --only bench --layout nchw
+    python -m bnkit.experiments.gpu_run --only bench --layout nhwc
+    python -m bnkit.experiments.gpu_run --only train --only summary
 """
 import argparse
 import json
@@ -262,9 +268,13 @@ def main(argv=None):
     if "bench" in parts:
         from ..__main__ import main as bnkit_main
 
-        bench_args = ["bench", "--device", "cuda", "--json", str(bench_json), "--csv", str(bench_csv)]
+        target_json, target_csv = bench_json, bench_csv
+        if args.layout:  # one part of the benchmark: its own files, merged by the summary
+            part = "-".join(sorted(args.layout))
+            target_json, target_csv = (out / f"bench-{name}-part-{part}.{ext}" for ext in ("json", "csv"))
+        bench_args = ["bench", "--device", "cuda", "--json", str(target_json), "--csv", str(target_csv)]
         bench_args += ["--quick"] * args.quick + [a for layout in args.layout or [] for a in ("--layout", layout)]
-        print(f"== benchmark -> {bench_json}", file=sys.stderr, flush=True)
+        print(f"== benchmark -> {target_json}", file=sys.stderr, flush=True)
         rc |= bnkit_main(bench_args)
     if "train" in parts:
         from . import train_step
@@ -272,9 +282,31 @@ def main(argv=None):
         ts_json = out / f"train-step-{name}.json"
         print(f"== training step -> {ts_json}", file=sys.stderr, flush=True)
         rc |= train_step.main(["--device", "cuda", "--json", str(ts_json)] + ["--quick"] * args.quick)
-    if "summary" in parts and bench_json.exists():
-        print(summarize([bench_json], out / f"bench-{name}-vs-best.md", args.triton_impl))
+    if "summary" in parts:
+        parts_json = sorted(out.glob(f"bench-{name}-part-*.json"))
+        if parts_json and not args.layout:
+            merge_parts(parts_json, bench_json, bench_csv)
+        if bench_json.exists():
+            print(summarize([bench_json], out / f"bench-{name}-vs-best.md", args.triton_impl))
+        else:
+            print(f"no {bench_json} to summarise: run the bench part first", file=sys.stderr)
+            rc |= 1
     return rc
+
+
+def merge_parts(paths, json_path, csv_path):
+    """One bench JSON/CSV from the parts of a benchmark run by layout (the meta of the first)."""
+    from .. import bench
+
+    rows, meta = [], None
+    for p in paths:
+        with open(p) as f:
+            d = json.load(f)
+        meta = meta or d["meta"]
+        rows += d["results"]
+    bench.write_json(str(json_path), meta, rows)
+    bench.write_csv(str(csv_path), meta, rows)
+    print(f"merged {len(paths)} parts into {json_path} and {csv_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
