@@ -43,8 +43,9 @@ in a (3, C) one: dx = k_dy * dy + k_xc * (x - mean) + k_c.
 float16/bfloat16 have their own entries in `CONFIGS` (twice the elements
 per tile, so more warps; wider channel blocks). `CONFIGS` is data, committed: nothing is
 autotuned at import or test time, so CI is deterministic. Its values are
-first-principles choices not yet measured on a GPU (`python -m
-bnkit.experiments.gpu_run` measures them against torch).
+first-principles choices not yet measured on a GPU: `python -m
+bnkit.experiments.gpu_run --only tune` times variants per shape class and
+prints the table to commit here; `--only bench` measures it against torch.
 """
 
 import torch
