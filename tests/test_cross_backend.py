@@ -4,10 +4,12 @@ input gives the same error type and message, leaving the state untouched.
 
 Backends: numpy staged, numpy fast, the numpy BatchNorm layer, the torch
 Function (`bnkit.torch.batch_norm`) and the Triton wrappers
-(`bnkit.triton_kernels.batch_norm`; without a GPU in Triton's interpreter,
-TRITON_INTERPRET=1 set here before triton is imported, on CPU tensors).
+(`bnkit.triton_kernels.batch_norm`, and `bnkit.triton_fused.batch_norm` on
+each of its paths; without a GPU in Triton's interpreter, TRITON_INTERPRET=1
+set here before triton is imported, on CPU tensors).
 Triton runs in float32, the others in float64; the reference is staged.
 """
+import functools
 import os
 import sys
 
@@ -27,11 +29,17 @@ try:
 except ImportError:
     TRITON = False
 if TRITON:
+    from bnkit import triton_fused as tf
     from bnkit import triton_kernels as tk
 DEVICE = "cuda" if CUDA else "cpu"
 
 C = 3
-SHAPE = (6, C, 2, 2)  # NCHW: 24 values per channel
+SHAPE = (6, C, 2, 2)  # NCHW: 24 values per channel; the bad inputs use this one
+LAYOUTS = {  # name: (shape, channel axis)
+    "nchw": (SHAPE, 1),
+    "nd": ((10, C), 1),
+    "channels-last": ((4, 2, 2, C), -1),
+}
 
 
 class State:
@@ -98,19 +106,23 @@ BACKENDS = {
     "layer": (call_layer, 1e-10),
     "torch": (call_torch_like(bt.batch_norm, torch.float64), 1e-10),
 }
-if TRITON:
-    BACKENDS["triton"] = (call_torch_like(tk.batch_norm, torch.float32), 2e-5)
-else:  # say so rather than silently testing four backends
-    BACKENDS["triton"] = (None, None)
+TRITON_BACKENDS = {  # the split kernels, and bnkit.triton_fused's two paths
+    "triton": lambda: tk.batch_norm,
+    "triton-fused": lambda: functools.partial(tf.batch_norm, path="fused"),
+    "triton-fused-split": lambda: functools.partial(tf.batch_norm, path="split"),
+}
+for _name, _fn in TRITON_BACKENDS.items():  # without triton: skipped with the reason, not silently left out
+    BACKENDS[_name] = (call_torch_like(_fn(), torch.float32), 2e-5) if TRITON else (None, None)
 
 # train, train, eval, train, eval: the evals read what the trains left behind
 MODES = (True, True, False, True, False)
 
 
-def inputs(step, momentum=conventions.MOMENTUM, **bad):
+def inputs(step, momentum=conventions.MOMENTUM, layout="nchw", **bad):
+    shape, axis = LAYOUTS[layout]
     rng = np.random.default_rng(100 + step)
-    inp = dict(x=rng.normal(2.0, 3.0, SHAPE), dout=rng.normal(size=SHAPE), gamma=State().gamma,
-               momentum=momentum, eps=conventions.EPS, axis=1)
+    inp = dict(x=rng.normal(2.0, 3.0, shape), dout=rng.normal(size=shape), gamma=State().gamma,
+               momentum=momentum, eps=conventions.EPS, axis=axis)
     inp.update(bad)
     return inp
 
@@ -119,10 +131,10 @@ def with_running(inp, state):
     return {"running_mean": state.running_mean, **inp}
 
 
-def run_sequence(call, momentum):
+def run_sequence(call, momentum, layout="nchw"):
     state, results = State(), []
     for step, train in enumerate(MODES):
-        results.append(call(state, with_running(inputs(step, momentum), state), train))
+        results.append(call(state, with_running(inputs(step, momentum, layout), state), train))
         results.append(state.snapshot())
     return results
 
@@ -134,11 +146,12 @@ def backend(name):
     return call, tol
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("momentum", [conventions.MOMENTUM, 0.3, None])
 @pytest.mark.parametrize("name", [n for n in BACKENDS if n != "staged"])
-def test_same_results_as_staged(name, momentum):
+def test_same_results_as_staged(name, momentum, layout):
     call, tol = backend(name)
-    got, ref = run_sequence(call, momentum), run_sequence(BACKENDS["staged"][0], momentum)
+    got, ref = run_sequence(call, momentum, layout), run_sequence(BACKENDS["staged"][0], momentum, layout)
     for i, (g, r) in enumerate(zip(got, ref)):
         step, what = divmod(i, 2)
         labels = ("running_mean", "running_var", "num_batches_tracked") if what else ("out", "dx", "dgamma", "dbeta")
@@ -199,10 +212,10 @@ def test_errors_are_the_conventions_messages():
         ValueError, f"gamma must have shape ({C},) for an input of shape {SHAPE}, got shape ({C + 1},)")
 
 
-@pytest.mark.parametrize("name", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["torch", *TRITON_BACKENDS])
 def test_functional_momentum_none_needs_the_count(name):
     backend(name)
-    fn = bt.batch_norm if name == "torch" else tk.batch_norm
+    fn = bt.batch_norm if name == "torch" else TRITON_BACKENDS[name]()
     x = torch.randn(SHAPE, device=DEVICE)
     rm, rv = torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE)
     with pytest.raises(ValueError, match=r"momentum=None \(the cumulative average\) needs num_batches_tracked"):
