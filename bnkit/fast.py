@@ -15,7 +15,6 @@ so the backward needs only the two reductions dbeta and dgamma:
 
     dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / m)
 """
-from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -43,16 +42,15 @@ class NormCache(NamedTuple):
     batch: bool
 
 
-@dataclass
-class BatchNormCache:
+class BatchNormCache(NamedTuple):
     """What `batchnorm_forward` keeps: the core's `NormCache` and x's dtype
-    (which dx takes). `cache["core"]` reads a field too, as a dict would."""
+    (which dx takes). `cache["core"]` reads a field too, as the dict cache did."""
 
     core: NormCache
     dtype: np.dtype
 
-    def __getitem__(self, name: str):
-        return getattr(self, name)
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
 
 def _as_channels(a, shape):

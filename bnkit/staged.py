@@ -27,7 +27,6 @@ book build.
 This module is written to be read, not to be fast: see `bnkit.fast`.
 """
 import inspect
-from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -57,8 +56,7 @@ GATES: Tuple[Gate, ...] = (  # in the order the forward visits them
 )
 
 
-@dataclass
-class StagedCache:
+class StagedCache(NamedTuple):
     """What `batchnorm_forward` keeps for the backward: every gate's inputs and
     outputs, all keepdims-shaped to broadcast against x (per-channel ones are
     (1, C, 1, ...)).
@@ -73,7 +71,7 @@ class StagedCache:
     - train: whether the statistics came from x (so gradients flow through them).
     - dtype: x's dtype, which dx takes.
 
-    `cache["xhat"]` reads a field too, as a dict cache would.
+    A NamedTuple: `cache.xhat`, and `cache["xhat"]` as the dict caches read.
     """
 
     x: np.ndarray
@@ -92,8 +90,8 @@ class StagedCache:
     train: bool
     dtype: np.dtype
 
-    def __getitem__(self, name: str):
-        return getattr(self, name)
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
 
 def batchnorm_forward(x, gamma: Optional[np.ndarray], beta: Optional[np.ndarray], bn_param: dict,

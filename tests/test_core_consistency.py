@@ -247,3 +247,16 @@ def test_torch_function_momentum_none_matches_torch_module():
 def test_import_bnkit_does_not_import_torch():
     code = "import bnkit, bnkit.fast, bnkit.staged, bnkit.norms, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_caches_are_named_and_read_as_the_book_reads_them():
+    """NamedTuples: fields by name, cache["name"] (ch4, ch5, ch6), and iteration
+    over the values (ch5 sums the bytes a cache holds)."""
+    x = np.random.default_rng(11).normal(size=(6, 3))
+    _, cache_s = staged.batchnorm_forward(x, np.ones(3), np.zeros(3), {})
+    _, cache_f = fast.batchnorm_forward(x, np.ones(3), np.zeros(3), {})
+    assert cache_s["xhat"] is cache_s.xhat and cache_f["core"][0] is cache_f.core.xhat
+    assert cache_f.core._fields == ("xhat", "gamma", "inv_std", "axes", "m", "batch")
+    assert list(cache_s) == [getattr(cache_s, f) for f in cache_s._fields]
+    _, cache_n = norms.layernorm_forward(x, np.ones(3), np.zeros(3))
+    assert cache_n.core.xhat.shape == x.shape and cache_n.param_shape == (3,)
