@@ -46,6 +46,18 @@ c.GenerateFeedback.preprocessors = [GetGrades, ScrubHiddenTestsFromOutputs, Clea
 
 # --- sandbox ---
 # (owner: SANDBOX; bngrade/sandbox.py)
+# Every kernel runs in bubblewrap; without a working bwrap autograde stops
+# with a message. The limits below cost only the student who hits them. A
+# notebook that times out runs once more (load must not cost marks).
+c.SandboxedExecute.memory_limit_mb = 2048   # address space of every process in the sandbox
+c.SandboxedExecute.max_processes = 64       # processes + threads (a fork bomb stops here)
+c.SandboxedExecute.disk_limit_mb = 256      # HOME + work dir + results, a tmpfs: nothing reaches the disk
+c.SandboxedExecute.notebook_timeout = 900   # seconds for a whole notebook, besides the per-cell timeout
+c.SandboxedExecute.retry_on_timeout = True
+c.SandboxedExecute.max_output_bytes_per_cell = 1 << 20
+# Only for trusted work, never for a class of strangers (the student's code
+# then runs with your rights and can rewrite the gradebook):
+# c.SandboxedExecute.unsafe_run_without_sandbox = True
 
 # --- integrity ---
 # (owner: INTEGRITY; bngrade/integrity.py, bngrade/integrity_preprocessors.py)

@@ -52,6 +52,7 @@ Decisions (the design leaves them to this module):
 import asyncio
 import copy
 import errno
+import functools
 import json
 import os
 import re
@@ -74,7 +75,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, DottedObjectName, Integer, List, Unicode
+from traitlets import Bool, DottedObjectName, Integer, List, Type, Unicode
 
 INSIDE_SITE = "/opt/bngrade/site"
 INSIDE_ROOT = "/sandbox"
@@ -145,6 +146,7 @@ def _top_level_entries(dist):
     return base, sorted(names)
 
 
+@functools.lru_cache(maxsize=8)
 def kernel_site_binds(packages=("ipykernel", "numpy")):
     """[(host path, name)] for the site directory inside the sandbox."""
     binds = {}
@@ -214,6 +216,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     sandbox_uid = Integer(-1)
     max_message_bytes = Integer(32 * MiB)
     client_class = DottedObjectName("bngrade.sandbox.SandboxedKernelClient")
+    client_factory = Type(SandboxedKernelClient, klass=AsyncKernelClient)
 
     def client(self, **kwargs):
         kc = super().client(**kwargs)
@@ -559,8 +562,9 @@ class SandboxedExecute(Execute):
                     self._mark_not_run(index, report["message"])
                     break
                 except (CellTimeoutError, TimeoutError) as e:
+                    why = str(e).split("\n")[1] if "\n" in str(e) else str(e)
                     report.update(timed_out=True, retry=True,
-                                  message=f"cell {index} did not stop after a timeout interrupt ({e})")
+                                  message=f"cell {index} did not stop after a timeout interrupt ({why.strip()})")
                     self._mark_not_run(index, report["message"])
                     break
                 finally:
