@@ -89,7 +89,11 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
         for cell in nb.cells:
             if not _is_test_cell(cell):
                 continue
-            grade_id = cell.metadata.nbgrader["grade_id"]
+            grade_id = cell.metadata.nbgrader.get("grade_id")
+            if trusted and grade_id not in trusted:  # not a cell of the source notebook: no marks from the kernel
+                cell.outputs = [new_output("error", ename="NotATestCell", traceback=[], evalue=(
+                    f"cell {grade_id!r} is not a test cell of this assignment; it scores nothing"))]
+                continue
             source = trusted.get(grade_id, cell.source)
             spec = verdict.parse_test_cell(source)
             if spec is None:

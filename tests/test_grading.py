@@ -466,3 +466,37 @@ def test_round_trip_feedback_shows_lines_and_no_hidden_source(round_trip):
     nb = json.loads((d / "autograded" / "identity_forger" / FWD / f"{FWD}.ipynb").read_text())
     cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_eval")
     assert "run_cases(" in "".join(cell["source"])  # the edited test cell came back from the gradebook
+
+
+# ---------------------------------------------------------------- the catalogue, in process
+
+def _catalogue():
+    sys.path.insert(0, str(ROOT / "assignments"))
+    import catalogue
+    return [v for v in catalogue.VARIANTS if v.kind in ("buggy", "correct") and not v.mutation]
+
+
+def _variant_functions(v):
+    ns = {"np": np}
+    for cell in _notebook(v.assignment).cells:
+        gid = _meta(cell).get("grade_id")
+        if cell.cell_type == "code" and _meta(cell).get("solution"):
+            src = MARKERS.sub("", cell.source)
+            for old, new in v.edits.get(gid, ()):
+                assert old in src, (v.name, old)
+                src = src.replace(old, new)
+            src = v.cells.get(gid, src)
+            exec(compile(src, f"<{v.name}:{gid}>", "exec"), ns)
+    return ns
+
+
+@pytest.mark.parametrize("v", _catalogue(), ids=lambda v: v.name)
+def test_catalogue_bugs_lose_points_exactly_where_specified_and_correct_variants_get_full_marks(v, tmp_path,
+                                                                                                monkeypatch):
+    funcs = _variant_functions(v)
+    lost = set()
+    for cell in _test_cells(v.assignment):
+        result = _score(v.assignment, _meta(cell)["grade_id"], tmp_path, monkeypatch, funcs=funcs)
+        if result.score < result.points:
+            lost.add(result.grade_id)
+    assert lost == set(v.lose), f"{v.name} ({v.why}): lost {sorted(lost)}, expected {sorted(v.lose)}"
