@@ -54,6 +54,12 @@ def _copy(inputs):
     return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs.items()}
 
 
+def _call(funcs, role, *args):
+    """funcs[role](*args), and the function's own name for messages."""
+    f = funcs[role]
+    return f(*args), getattr(f, "__name__", role)
+
+
 def _pair(result, what):
     if not isinstance(result, tuple) or len(result) != 2:
         raise TypeError(f"{what} must return a tuple (out, cache), got {type(result).__name__}")
@@ -94,7 +100,7 @@ def _make_train(rng, dtype=np.float64, mild=False):
 
 def _drive_forward(funcs, inp):
     i = _copy(inp)
-    out, _ = _pair(funcs["forward"](i["x"], i["gamma"], i["beta"], dict(i["bn_param"])), "forward")
+    out, _ = _pair(*_call(funcs, "forward", i["x"], i["gamma"], i["beta"], dict(i["bn_param"])))
     return {"out": out}
 
 
@@ -132,7 +138,7 @@ def _drive_running(funcs, inp):
             bn_param[key] = bn_param[key].copy()
     result = {}
     for t, x in enumerate(i["steps"]):
-        _pair(funcs["forward"](x, i["gamma"], i["beta"], bn_param), "forward")
+        _pair(*_call(funcs, "forward", x, i["gamma"], i["beta"], bn_param))
         for key in ("running_mean", "running_var"):
             result[f"{key} after step {t + 1}"] = _snapshot(bn_param.get(key))
     return result
@@ -169,7 +175,7 @@ def _make_eval(rng, nchw=False):
 def _drive_eval(funcs, inp):
     i = _copy(inp)
     bn_param = dict(i["bn_param"])
-    out, _ = _pair(funcs["forward"](i["x"], i["gamma"], i["beta"], bn_param), "forward")
+    out, _ = _pair(*_call(funcs, "forward", i["x"], i["gamma"], i["beta"], bn_param))
     return {"out": out, "running_mean (eval must leave it)": bn_param.get("running_mean"),
             "running_var (eval must leave it)": bn_param.get("running_var")}
 
@@ -194,8 +200,8 @@ def _make_backward(rng, dtype=np.float64, mild=False, nchw=False):
 
 def _drive_backward(funcs, inp):
     i = _copy(inp)
-    out, cache = _pair(funcs["forward"](i["x"], i["gamma"], i["beta"], dict(i["bn_param"])), "forward")
-    dx, dgamma, dbeta = _triple(funcs["backward"](i["dout"], cache), "backward")
+    out, cache = _pair(*_call(funcs, "forward", i["x"], i["gamma"], i["beta"], dict(i["bn_param"])))
+    dx, dgamma, dbeta = _triple(*_call(funcs, "backward", i["dout"], cache))
     return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
 
 
@@ -224,10 +230,10 @@ def _make_layernorm(rng, dtype=np.float64):
 
 def _drive_layernorm(funcs, inp, backward=False):
     i = _copy(inp)
-    out, cache = _pair(funcs["forward"](i["x"], i["gamma"], i["beta"], dict(i["ln_param"])), "forward")
+    out, cache = _pair(*_call(funcs, "forward", i["x"], i["gamma"], i["beta"], dict(i["ln_param"])))
     if not backward:
         return {"out": out}
-    return dict(zip(("dx", "dgamma", "dbeta"), _triple(funcs["backward"](i["dout"], cache), "backward")))
+    return dict(zip(("dx", "dgamma", "dbeta"), _triple(*_call(funcs, "backward", i["dout"], cache))))
 
 
 def _describe_layernorm(what):

@@ -290,7 +290,9 @@ def _case_lines(check, seed, rec, tag, test_mode_works=False):
         return True, _wrap(f"PASS  {what}"), []
     name, why, _ = problems[0]
     more = f" ({len(problems) - 1} more outputs differ)" if len(problems) > 1 else ""
-    return False, _wrap(f"FAIL  {what}: {name}: {why}{more}"), _hints(check, inp, rec, problems)
+    warned = rec.get("warnings") if isinstance(rec.get("warnings"), list) else []
+    notes = [f"note: your code warned: {_clean(w, 160)}" for w in warned[:1]]
+    return False, _wrap(f"FAIL  {what}: {name}: {why}{more}", notes), _hints(check, inp, rec, problems)
 
 
 def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, forbidden=None, context=None):
