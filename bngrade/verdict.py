@@ -21,7 +21,8 @@ Rules, stated once (the notebooks' intros and assignments/README.md repeat them)
 * Feedback: one line per case, `PASS` or `FAIL`, its mode and parameters
   (never its seed); hidden cases are marked `(hidden)`. Common porting
   mistakes are recognised from the numbers (CS231n's momentum convention,
-  a biased running_var, 'eval' rejected, `(1, D)` shapes) and get a hint.
+  a biased running_var, 'eval' rejected, `(1, D)` shapes, running statistics
+  not stored) and get a hint, once per cell.
   When the student's function raised, the line shows the exception and the
   student's own frames, nothing of the grader.
 """
@@ -105,6 +106,8 @@ HINT_EVAL_AS_TRAIN = ("hint: your function treated mode 'eval' as training; 'eva
                       "'test': accept both.")
 HINT_SHAPE = ("hint: return shape {want}, not {got}: per-feature values are (D,) (e.g. x.mean(axis=0) "
               "without keepdims, or .reshape(-1)).")
+HINT_NOT_STORED = ("hint: store the updated running_mean and running_var back into bn_param "
+                   "(bn_param['running_mean'] = ...): the caller keeps bn_param between steps.")
 HINT_REFERENCE = ("hint: bnkit's and torch's own implementations are not available when your notebook is "
                   "graded: write it yourself with numpy (bnkit.gradcheck is there).")
 
@@ -158,7 +161,7 @@ def _unpack(packed, want_shape):
         if len(shape) > _MAX_DIMS or not all(type(n) is int and n >= 0 for n in shape):
             return None, "malformed result (shape)"
         if shape != tuple(want_shape):
-            return None, f"shape {shape}, expected exactly {tuple(want_shape)}"
+            return None, _clean(f"shape {shape}", 60) + f", expected exactly {tuple(int(n) for n in want_shape)}"
         raw = base64.b64decode(packed["data"], validate=True)
         if len(raw) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
             return None, "malformed result (data does not match its shape)"
@@ -229,7 +232,9 @@ def _hints(check, inp, rec, problems, test_mode_works=False):
                 break
     ref = reference_funcs(check)
     outputs = rec.get("outputs", {})
-    if "running" in check:
+    if "running" in check and any(why.endswith(": None") for _, why, _ in problems):
+        hints.append(HINT_NOT_STORED)
+    elif "running" in check:
         if _matches(outputs, dict(ref, forward=_cs231n_momentum(ref["forward"])), check, inp):
             hints.append(HINT_MOMENTUM)
         elif _matches(outputs, dict(ref, forward=_biased_running_var(ref["forward"])), check, inp):

@@ -145,13 +145,16 @@ def test_one_line_per_case_with_parameters_never_the_seed(tmp_path, monkeypatch)
     ("test_running_stats", [("mu = x.mean(axis=0)", "mu = x.mean(axis=0, keepdims=True)"),
                             ("var = (xc ** 2).mean(axis=0)", "var = (xc ** 2).mean(axis=0, keepdims=True)")],
      "hint: return shape (3,), not (1, 3)"),
+    ("test_running_stats", [('    bn_param["running_mean"] = running_mean\n    bn_param["running_var"] = running_var\n',
+                             "")], verdict.HINT_NOT_STORED),
 ])
 def test_each_porting_mistake_gets_its_hint_once(grade_id, edits, hint, tmp_path, monkeypatch):
     result = _score(FWD, grade_id, tmp_path, monkeypatch, edits)
     text = " ".join(line.strip() for line in result.lines)
     assert result.score < result.points
     assert text.count(hint[:40]) == 1, result.lines
-    others = {verdict.HINT_MOMENTUM, verdict.HINT_BIASED, verdict.HINT_EVAL_RAISED, verdict.HINT_EVAL_AS_TRAIN} - {hint}
+    others = {verdict.HINT_MOMENTUM, verdict.HINT_BIASED, verdict.HINT_EVAL_RAISED, verdict.HINT_EVAL_AS_TRAIN,
+              verdict.HINT_NOT_STORED} - {hint}
     assert not any(h[:40] in text for h in others)
 
 
