@@ -45,8 +45,10 @@ FORMAT = "bngrade-results/1"
 RESULTS_ENV = "BNGRADE_RESULTS"
 GRADE_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# numpy's and the standard library's own directories too: in the sandbox, numpy lives outside site-packages
 _LIBRARY_DIRS = tuple(os.path.abspath(p) + os.sep for p in
-                      {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+                      {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+                      | {os.path.dirname(os.path.dirname(np.__file__)), os.path.dirname(os.__file__)})
 _ndarray = np.ndarray  # bound now: a later patch of numpy in the kernel changes nothing here
 
 

@@ -404,6 +404,7 @@ def round_trip(tmp_path_factory):
         "only_test": ONLY_TEST,
         "noisy_correct": [stderr_noise],
         "identity_forger": None,
+        "axis_error": [("mu = x.mean(axis=0)", "mu = x.mean(axis=2)")],  # raises inside numpy
     }
     notebooks = {}
     for student, edits in students.items():
@@ -445,6 +446,7 @@ def test_round_trip_scores_with_partial_credit(round_trip):
     assert _tests(first["noisy_correct"]) == _tests(first["solution"])  # stderr and logging cost nothing
     assert _tests(first["blank"]) == {"test_train_output": 0, "test_running_stats": 0, "test_eval": 0}
     assert _tests(first["only_test"]) == {"test_train_output": 3, "test_running_stats": 2, "test_eval": 1}
+    assert _tests(first["axis_error"]) == {"test_train_output": 0, "test_running_stats": 0, "test_eval": 2}
     # results planted by the student's own cells are overwritten by the test cells (and judged outside)
     assert set(_tests(first["identity_forger"]).values()) == {0}, first["identity_forger"]
 
@@ -469,6 +471,11 @@ def test_round_trip_feedback_shows_lines_and_no_hidden_source(round_trip):
     nb = json.loads((d / "autograded" / "identity_forger" / FWD / f"{FWD}.ipynb").read_text())
     cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_eval")
     assert "run_cases(" in "".join(cell["source"])  # the edited test cell came back from the gradebook
+    nb = json.loads((d / "autograded" / "axis_error" / FWD / f"{FWD}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_train_output")
+    text = "".join(cell["outputs"][0]["text"])
+    assert "AxisError" in text and "in batchnorm_forward: mu = x.mean(axis=2)" in text, text
+    assert "numpy/" not in text and "bngrade" not in text and "harness" not in text, text
 
 
 # ---------------------------------------------------------------- the catalogue, in process
