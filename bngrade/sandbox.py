@@ -40,6 +40,11 @@ Decisions (the design leaves them to this module):
   grader's memory stays bounded whatever the kernel sends.
 - A notebook that timed out (a cell, the notebook limit, or the kernel never
   answered) runs once more in a fresh sandbox; `bngrade_execution` says so.
+  The first run stops at its first timeout (it is redone anyway); in the
+  last run a timed-out cell is interrupted and the next cells still run.
+- The IPC directory is a host directory the kernel must write its sockets
+  into; as soon as the kernel answers (before any student code runs) it is
+  handed back to root, so the kernel cannot put files on the host disk.
   A kernel that dies is not retried: its cells after the death get an error.
 - Interrupts are sent as `interrupt_request` messages (a signal to bwrap's
   process group would not reach a kernel in its own session).
@@ -110,6 +115,10 @@ kernelapp.launch_new_instance()
 
 class SandboxUnavailable(SystemExit):
     """bubblewrap is missing or a trial sandbox failed: autograde stops."""
+
+
+class _RetryNotebook(Exception):
+    """A timeout in a run that will be retried: stop this run now."""
 
 
 def _requirements_closure(roots):
@@ -306,6 +315,7 @@ class SandboxedExecute(Execute):
     uid_base = Integer(200000, help="the sandbox's uid is uid_base + (grader pid % 20000)").tag(config=True)
     notebook_timeout = Integer(900, help="seconds for a whole notebook (cells after it do not run)").tag(config=True)
     retry_on_timeout = Bool(True, help="run a timed-out notebook once more before the timeout counts").tag(config=True)
+    interrupt_grace = Integer(20, help="seconds a timed-out cell has to stop after the interrupt").tag(config=True)
     max_output_bytes_per_cell = Integer(1 * MiB, help="output kept per cell; the rest dropped").tag(config=True)
     flood_bytes_per_cell = Integer(64 * MiB, help="output past which the cell is interrupted").tag(config=True)
     max_message_bytes = Integer(32 * MiB, help="a larger single kernel message is dropped").tag(config=True)
@@ -320,6 +330,7 @@ class SandboxedExecute(Execute):
     iopub_timeout = Integer(60).tag(config=True)
     startup_timeout = Integer(120).tag(config=True)
 
+    _will_retry = False
     _trial_ok = None  # per process: None (not tried), True, or the failure message
 
     # ------------------------------------------------------------------ public entry
@@ -330,7 +341,9 @@ class SandboxedExecute(Execute):
         else:
             self.check_sandbox()
         pristine = copy.deepcopy(nb)
+        self._will_retry = self.retry_on_timeout
         report = self._run(nb, resources)
+        self._will_retry = False
         if report["retry"] and self.retry_on_timeout:
             self.log.warning("bngrade: %s; running the notebook once more in a fresh sandbox", report["message"])
             nb = copy.deepcopy(pristine)
@@ -471,6 +484,7 @@ class SandboxedExecute(Execute):
         self._timed_out = False
         run, ipc = self._new_run_dir(resources)
         self._run_dir, self._kernel_log = run, None
+        iopub_timeout = self.iopub_timeout
         try:
             if self.unsafe_run_without_sandbox:
                 results_dir = os.path.join(run, "results")
@@ -498,6 +512,7 @@ class SandboxedExecute(Execute):
             self._check_assign_resources(resources)
             run_sync(self._async_run)(report, kwargs)
         finally:
+            self.iopub_timeout = iopub_timeout
             if self._kernel_log is not None:
                 self._kernel_log.close()
             shutil.rmtree(run, ignore_errors=True)
@@ -544,6 +559,7 @@ class SandboxedExecute(Execute):
                 await self.async_start_new_kernel_client()
                 info = await self.async_wait_for_reply(await ensure_async(self.kc.kernel_info()))
                 self.nb.metadata["language_info"] = info["content"]["language_info"]
+                self._close_ipc_dir()
             except Exception as e:  # under load a kernel may not come up in time: retry once
                 report.update(timed_out=True, retry=True,
                               message=f"the sandboxed kernel did not start ({type(e).__name__}: {e}){self._log_tail()}")
@@ -559,6 +575,10 @@ class SandboxedExecute(Execute):
                     await self.async_execute_cell(cell, index, execution_count=self.code_cells_executed + 1)
                 except DeadKernelError:
                     report.update(kernel_died=True, message=f"the kernel died while running cell {index}")
+                    self._mark_not_run(index, report["message"])
+                    break
+                except _RetryNotebook:
+                    report.update(timed_out=True, retry=True, message=f"cell {index} ran past its time limit")
                     self._mark_not_run(index, report["message"])
                     break
                 except (CellTimeoutError, TimeoutError) as e:
@@ -612,7 +632,22 @@ class SandboxedExecute(Execute):
 
     async def _async_handle_timeout(self, timeout, cell=None):
         self._timed_out = True
+        if self._will_retry:  # the notebook runs again anyway: waiting for this run is time lost
+            self.log.error("Timeout waiting for execute reply (%is).", timeout)
+            raise _RetryNotebook()
+        # the last run: interrupt, and wait a bounded time for a cell that ignores the interrupt
+        self.iopub_timeout = min(self.iopub_timeout, self.interrupt_grace)
         return await super()._async_handle_timeout(timeout, cell)
+
+    def _close_ipc_dir(self):
+        """Once the kernel has made its sockets, its IPC directory (a host directory) becomes the grader's:
+        no student code has run yet, and from now on it cannot create files on the host disk."""
+        ipc = os.path.join(self._run_dir, "ipc")
+        if self.unsafe_run_without_sandbox or os.geteuid() != 0:
+            return
+        for path in (ipc, os.path.join(ipc, "kernel.json")):
+            os.chown(path, 0, 0)
+        os.chmod(ipc, 0o755)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         self._cell_bytes, self._cell_dropped, self._flood_stopped = 0, 0, False
