@@ -510,3 +510,14 @@ def test_catalogue_bugs_lose_points_exactly_where_specified_and_correct_variants
         if result.score < result.points:
             lost.add(result.grade_id)
     assert lost == set(v.lose), f"{v.name} ({v.why}): lost {sorted(lost)}, expected {sorted(v.lose)}"
+
+
+def test_course_config_scores_outside_the_kernel_before_grades_are_saved():
+    from traitlets.config.loader import PyFileConfigLoader
+    c = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT / "assignments")).load_config()
+    names = [p.__name__ for p in c.Autograde.autograde_preprocessors]
+    assert names.index("SandboxedExecute") < names.index("ScoreOutsideKernel") < names.index("SaveAutoGrades")
+    assert "Execute" not in names and "FlagTampering" not in names
+    assert c.OverwriteCells.add_missing_cells is True
+    names = [p.__name__ for p in c.GenerateFeedback.preprocessors]
+    assert "ClearHiddenTests" in names and "ScrubHiddenTestsFromOutputs" in names
