@@ -44,18 +44,31 @@ def closed_form_problem(nb, roles):
     return integrity.closed_form_problem(nb, closed=integrity.CLOSED_FORM, staged=integrity.STAGED)
 
 
-def _kernel_context(cell, execution):
-    """One line on why results may be missing: the kernel's own error in the cell, a timeout."""
+def _first_error(cells):
+    """(ename, evalue) of the first error output in `cells`, or None."""
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return (verdict._clean(out.get("ename"), 40),
+                        verdict._clean(ANSI.sub("", str(out.get("evalue", ""))), 160))
+    return None
+
+
+def _kernel_context(cell, execution, earlier=None):
+    """One line on why results may be missing: the kernel's own error in the cell, a timeout,
+    the first error of the student's own cells (e.g. an import of bnkit's reference, not there when graded)."""
     parts = []
+    if earlier:
+        parts.append(f"one of your cells stopped with {earlier[0]}: {earlier[1]}")
+        if earlier[0] in ("ImportError", "ModuleNotFoundError") and ("bnkit" in earlier[1] or "torch" in earlier[1]):
+            parts.append(verdict.HINT_REFERENCE[len("hint: "):].rstrip("."))
     if execution.get("timed_out"):
         parts.append("the notebook ran out of time")
     if execution.get("kernel_died"):
         parts.append("the kernel died")
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            evalue = verdict._clean(ANSI.sub("", str(out.get("evalue", ""))), 160)
-            parts.append(f"the cell stopped with {verdict._clean(out.get('ename'), 40)}: {evalue}")
-            break
+    own = _first_error([cell])
+    if own:
+        parts.append(f"the test cell stopped with {own[0]}: {own[1]}")
     return ("Why results are missing: " + "; ".join(parts) + ".") if parts else None
 
 
@@ -86,6 +99,7 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
                            "SandboxedExecute?): every run_cases test scores zero")
             results = {}
         trusted = self._trusted_sources(resources)
+        earlier = _first_error(c for c in nb.cells if c.cell_type == "code" and not _is_test_cell(c))
         for cell in nb.cells:
             if not _is_test_cell(cell):
                 continue
@@ -105,7 +119,7 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
             result = verdict.score_cell(
                 grade_id, spec.cases, cell.metadata.nbgrader["points"], data=results.get(name),
                 problem=problems.get(name), visible=spec.visible, forbidden=forbidden,
-                context=_kernel_context(cell, execution))
+                context=_kernel_context(cell, execution, earlier))
             self.log.info("bngrade: %s %g/%g (%d of %d cases)", grade_id, result.score, result.points,
                           result.passed, result.total)
             cell.outputs = [

@@ -354,6 +354,20 @@ def test_score_outside_kernel_without_results_scores_zero_and_says_why():
             assert "ran out of time" in cell.outputs[0].text and "CellTimeoutError" in cell.outputs[0].text
 
 
+def test_a_students_import_of_the_reference_is_explained_when_results_are_missing():
+    nb = _autograded_like(FWD, kernel_outputs=[{"output_type": "error", "ename": "NameError", "traceback": [],
+                                                "evalue": "name 'batchnorm_forward' is not defined"}])
+    solution = next(c for c in nb.cells if _meta(c).get("grade_id") == "batchnorm_forward")
+    solution.outputs = [nbformat.from_dict({"output_type": "error", "ename": "ModuleNotFoundError", "traceback": [],
+                                            "evalue": "No module named 'bnkit.fast'"})]
+    nb, _ = ScoreOutsideKernel().preprocess(nb, {"bngrade_results": {}})
+    cell = next(c for c in nb.cells if _meta(c).get("grade_id") == "test_eval")
+    text = " ".join(cell.outputs[0].text.split())
+    assert "one of your cells stopped with ModuleNotFoundError: No module named 'bnkit.fast'" in text
+    assert "not available when your notebook is graded" in text and "NameError" in text
+    assert determine_grade(cell)[0] == 0
+
+
 def test_the_closed_form_tests_ask_the_call_graph_check(tmp_path, monkeypatch):
     name = "bn_backward_fast"
     staged_call = ("def batchnorm_backward_alt(dout, cache):\n", "def batchnorm_backward_alt(dout, cache):\n"
