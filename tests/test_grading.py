@@ -103,8 +103,9 @@ def test_the_library_is_the_maths():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('bnkit', 'torch')]; assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert proc.returncode == 0, proc.stderr
-    for path in [*ROOT.glob("bnkit/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("assignments/*.py")]:
-        assert "bnkit.grading" not in path.read_text() or path.name == "test_grading.py", path
+    for path in [*ROOT.glob("bnkit/**/*.py"), *ROOT.glob("bngrade/*.py"), *SOURCE.glob("*/*.ipynb"),
+                 ROOT / "assignments" / "nbgrader_config.py"]:
+        assert "bnkit.grading" not in path.read_text(), path
 
 
 # ---------------------------------------------------------------- partial credit, lines, hints
