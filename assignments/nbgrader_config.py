@@ -62,14 +62,16 @@ c.SandboxedExecute.max_output_bytes_per_cell = 1 << 20
 # --- integrity ---
 # (owner: INTEGRITY; bngrade/integrity.py, bngrade/integrity_preprocessors.py)
 # A duplicated grade id (a copy-pasted cell): grade the last copy, tell the
-# instructor. nbgrader's own DeduplicateIds leaves metadata that
-# CheckCellMetadata then rejects, so the student was not graded at all.
+# instructor. nbgrader's own DeduplicateIds leaves the other copies with empty
+# nbgrader metadata, which a later sanitizer trips on (KeyError: 'grade_id'),
+# so the student was not graded at all.
 # Suspicious code is reported in reports/<assignment>/<student>/<notebook>.txt
 # and the log, after the verdict and before SaveAutoGrades; it never changes a
 # score (the sandbox and the verdict outside the kernel are the defence).
 from nbgrader.preprocessors import ClearOutput, OverwriteCells, OverwriteKernelspec  # noqa: E402
 
-from bngrade.integrity_preprocessors import KeepLastDuplicate, ReportSuspiciousCode  # noqa: E402
+from bngrade.integrity_preprocessors import (FeedbackShowsOnlyGraderOutputs, KeepLastDuplicate,  # noqa: E402
+                                             ReportSuspiciousCode)
 
 c.Autograde.sanitize_preprocessors = [ClearOutput, KeepLastDuplicate, OverwriteKernelspec, OverwriteCells,
                                       CheckCellMetadata]
@@ -80,3 +82,7 @@ if ReportSuspiciousCode not in _pre:  # right after the executor (and the verdic
     _pre.insert(_after + 1, ReportSuspiciousCode)
 c.Autograde.autograde_preprocessors = _pre
 c.ReportSuspiciousCode.report_dir = "reports"
+# Feedback keeps only the outputs the grader wrote (the test cells'): a student's cell could print
+# the hidden cases, which the kernel had to run.
+if FeedbackShowsOnlyGraderOutputs not in c.GenerateFeedback.preprocessors:
+    c.GenerateFeedback.preprocessors = [FeedbackShowsOnlyGraderOutputs] + list(c.GenerateFeedback.preprocessors)

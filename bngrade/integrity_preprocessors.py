@@ -19,6 +19,9 @@ checks import anywhere (a student's environment has no nbgrader).
   suspicious constructs in the student's cells, duplicated grade ids, the
   closed-form problem, result files the grader could not read and what the
   sandbox said about the run.
+* `FeedbackShowsOnlyGraderOutputs` (in `GenerateFeedback.preprocessors`):
+  the feedback keeps only the outputs the grader wrote, so hidden cases a
+  student's code printed never reach it.
 """
 import os
 
@@ -89,3 +92,22 @@ class ReportSuspiciousCode(NbGraderPreprocessor):
             self.log.warning("Integrity report for %s/%s: %d thing(s) to look at, see %s",
                              student, notebook, len(lines), path)
         return nb, resources
+
+
+class FeedbackShowsOnlyGraderOutputs(NbGraderPreprocessor):
+    """Feedback: drop the outputs of every code cell but the test cells.
+
+    The kernel ran the test cells with their hidden cases (nbgrader restores
+    them), so a student's own cell, or a locked cell whose `print` the student
+    patched, could print the hidden case list (checks and seeds) into the
+    notebook; the feedback would then carry it out. The test cells' outputs
+    are written by the grader (`ScoreOutsideKernel`), so they stay; the
+    student has the other outputs in their own Jupyter.
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and not (meta.get("grade") and not meta.get("solution")):
+            cell.outputs = []
+            cell.execution_count = None
+        return cell, resources
