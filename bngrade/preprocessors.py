@@ -115,11 +115,17 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
             if spec.grade_id != grade_id:
                 raise ValueError(f"test cell {grade_id}: run_cases is called with {spec.grade_id!r}")
             name = grade_id + ".json"
-            forbidden = closed_form_problem(nb, spec.roles)
-            result = verdict.score_cell(
-                grade_id, spec.cases, cell.metadata.nbgrader["points"], data=results.get(name),
-                problem=problems.get(name), visible=spec.visible, forbidden=forbidden,
-                context=_kernel_context(cell, execution, earlier))
+            try:
+                forbidden = closed_form_problem(nb, spec.roles)
+                result = verdict.score_cell(
+                    grade_id, spec.cases, cell.metadata.nbgrader["points"], data=results.get(name),
+                    problem=problems.get(name), visible=spec.visible, forbidden=forbidden,
+                    context=_kernel_context(cell, execution, earlier))
+            except Exception:  # a grader bug: this cell scores zero, loudly; the other cells and students go on
+                self.log.exception("bngrade: could not score %s; it scores zero", grade_id)
+                cell.outputs = [new_output("error", ename="GraderError", traceback=[], evalue=(
+                    f"the grader could not score {grade_id}; your instructor has been told"))]
+                continue
             self.log.info("bngrade: %s %g/%g (%d of %d cases)", grade_id, result.score, result.points,
                           result.passed, result.total)
             cell.outputs = [

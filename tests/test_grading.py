@@ -369,6 +369,23 @@ def test_a_students_import_of_the_reference_is_explained_when_results_are_missin
     assert determine_grade(cell)[0] == 0
 
 
+def test_a_grader_failure_on_one_cell_zeroes_that_cell_only(tmp_path, monkeypatch):
+    nb = _autograded_like(FWD)
+    results = _results_for(nb, FWD, tmp_path, monkeypatch)
+    real = verdict.score_cell
+
+    def broken(grade_id, *a, **k):
+        if grade_id == "test_eval":
+            raise RuntimeError("a bug in the grader")
+        return real(grade_id, *a, **k)
+
+    monkeypatch.setattr(verdict, "score_cell", broken)
+    nb, _ = ScoreOutsideKernel().preprocess(nb, {"bngrade_results": results})
+    grades = {_meta(c)["grade_id"]: determine_grade(c)[0] for c in nb.cells
+              if _meta(c).get("grade") and c.cell_type == "code"}
+    assert grades == {"test_train_output": 3, "test_running_stats": 2, "test_eval": 0}
+
+
 def test_the_closed_form_tests_ask_the_call_graph_check(tmp_path, monkeypatch):
     name = "bn_backward_fast"
     staged_call = ("def batchnorm_backward_alt(dout, cache):\n", "def batchnorm_backward_alt(dout, cache):\n"
