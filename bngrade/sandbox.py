@@ -58,7 +58,6 @@ import asyncio
 import copy
 import errno
 import functools
-import json
 import os
 import re
 import shutil
@@ -108,7 +107,19 @@ except (OSError, shutil.Error) as e:
     print("bngrade sandbox: could not copy every file of the submission:", e, file=sys.stderr)
 os.chdir("/sandbox/work")
 sys.argv = ["ipykernel_launcher"] + sys.argv[1:]
-from ipykernel import kernelapp
+from ipykernel import iostream, kernelapp
+_write = iostream.OutStream.write
+def write(self, text, _write=_write):  # no stream message over ~1 MiB (the grader drops any over 32 MiB)
+    if not isinstance(text, str):
+        return _write(self, text)
+    for i in range(0, max(len(text), 1), 1 << 18):
+        _write(self, text[i:i + (1 << 18)])
+        with self._buffer_lock:
+            pending = sum(b.tell() for b in self._buffers.values())
+        if pending > 1 << 20:
+            self.flush()
+    return len(text)
+iostream.OutStream.write = write
 kernelapp.launch_new_instance()
 """
 
@@ -317,7 +328,7 @@ class SandboxedExecute(Execute):
     retry_on_timeout = Bool(True, help="run a timed-out notebook once more before the timeout counts").tag(config=True)
     interrupt_grace = Integer(20, help="seconds a timed-out cell has to stop after the interrupt").tag(config=True)
     max_output_bytes_per_cell = Integer(1 * MiB, help="output kept per cell; the rest dropped").tag(config=True)
-    flood_bytes_per_cell = Integer(64 * MiB, help="output past which the cell is interrupted").tag(config=True)
+    flood_bytes_per_cell = Integer(16 * MiB, help="output past which the cell is interrupted").tag(config=True)
     max_message_bytes = Integer(32 * MiB, help="a larger single kernel message is dropped").tag(config=True)
     max_result_file_bytes = Integer(8 * MiB).tag(config=True)
     max_result_total_bytes = Integer(32 * MiB).tag(config=True)
@@ -331,7 +342,7 @@ class SandboxedExecute(Execute):
     startup_timeout = Integer(120).tag(config=True)
 
     _will_retry = False
-    _trial_ok = None  # per process: None (not tried), True, or the failure message
+    _trials = {}  # per process, by (bwrap, setpriv): True, or why the trial sandbox failed
 
     # ------------------------------------------------------------------ public entry
     def preprocess(self, nb, resources, retries=None):
@@ -361,11 +372,11 @@ class SandboxedExecute(Execute):
 
     def check_sandbox(self):
         """Raise SandboxUnavailable unless a trial sandbox runs python (once per process)."""
-        cls = type(self)
-        if cls._trial_ok is None:
-            cls._trial_ok = self._trial()
-        if cls._trial_ok is not True:
-            msg = (f"bngrade refuses to autograde without a sandbox: {cls._trial_ok}. Install bubblewrap "
+        key = (self.bwrap_path, self.setpriv_path)
+        if key not in self._trials:
+            self._trials[key] = self._trial()
+        if self._trials[key] is not True:
+            msg = (f"bngrade refuses to autograde without a sandbox: {self._trials[key]}. Install bubblewrap "
                    "(`apt-get install -y bubblewrap`, or `make bwrap`), or, only if every submission is trusted, "
                    "set c.SandboxedExecute.unsafe_run_without_sandbox = True in nbgrader_config.py.")
             self.log.error(msg)
@@ -654,17 +665,38 @@ class SandboxedExecute(Execute):
         return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
 
     def output(self, outs, msg, display_id, cell_index):
-        size = len(json.dumps(msg.get("content", {}), default=str))
+        if self._cell_dropped:  # already past the cap: count and drop, as cheaply as possible
+            self._cell_dropped += _size(msg.get("content", {}))
+            self._maybe_stop_flood(outs)
+            return None
+        size = _size(msg.get("content", {}))
         if self._cell_bytes + size <= self.max_output_bytes_per_cell:
             self._cell_bytes += size
             return super().output(outs, msg, display_id, cell_index)
-        if self._cell_dropped == 0:
-            outs.append(new_output("stream", name="stdout", text=(
-                f"\n[bngrade: output past {self.max_output_bytes_per_cell // 1024} KiB in this cell was dropped]\n")))
-        self._cell_dropped += size
+        left = self.max_output_bytes_per_cell - self._cell_bytes
+        content = msg.get("content", {})
+        if msg.get("msg_type") == "stream" and left > 0 and isinstance(content.get("text"), str):
+            msg = {**msg, "content": {**content, "text": content["text"][:left]}}  # keep the first part
+            super().output(outs, msg, display_id, cell_index)
+        outs.append(new_output("stream", name="stdout", text=(
+            f"\n[bngrade: output past {self.max_output_bytes_per_cell // 1024} KiB in this cell was dropped]\n")))
+        self._cell_dropped = size
+        self._maybe_stop_flood(outs)
+        return None
+
+    def _maybe_stop_flood(self, outs):
         if self._cell_dropped > self.flood_bytes_per_cell and not self._flood_stopped:
             self._flood_stopped = True
             outs.append(new_output("stream", name="stdout", text=(
                 f"[bngrade: more than {self.flood_bytes_per_cell // MiB} MiB of output: the cell was interrupted]\n")))
             asyncio.ensure_future(ensure_async(self.km.interrupt_kernel()))
-        return None
+
+
+def _size(content):
+    """Roughly the bytes an output message adds to the notebook (strings only: cheap)."""
+    size = len(content.get("text", "") or "")
+    for value in (content.get("data") or {}).values():
+        size += len(value) if isinstance(value, (str, bytes)) else len(str(value))
+    for line in content.get("traceback") or ():
+        size += len(line)
+    return size + 64
