@@ -342,6 +342,7 @@ class SandboxedExecute(Execute):
     startup_timeout = Integer(120).tag(config=True)
 
     _will_retry = False
+    _init_pid = None
     _trials = {}  # per process, by (bwrap, setpriv): True, or why the trial sandbox failed
 
     # ------------------------------------------------------------------ public entry
@@ -550,6 +551,8 @@ class SandboxedExecute(Execute):
                 children = f.read().split()
         except OSError:
             return None
+        if children:
+            self._init_pid = int(children[0])
         return f"/proc/{children[0]}/root" if children else None
 
     def _harvest(self, report):
@@ -623,7 +626,31 @@ class SandboxedExecute(Execute):
             if proc is not None and proc.poll() is None:
                 proc.kill()  # --die-with-parent then takes down the sandbox's pid namespace
                 proc.wait()
+            await self._async_wait_for_sandbox_end()
             await ensure_async(km.cleanup_resources())
+
+    async def _async_wait_for_sandbox_end(self):
+        """Return once every process of the sandbox is gone (the pid namespace's init exits last)."""
+        pid, self._init_pid = self._init_pid, None
+        deadline = time.monotonic() + 60
+        while pid is not None and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except OSError:
+                break
+            await asyncio.sleep(0.05)
+        uid = self.sandbox_uid()
+        if uid > 0:  # belt and braces: nothing of this grader's sandbox uid may outlive the notebook
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        if os.stat(f"/proc/{entry}").st_uid == uid:
+                            os.kill(int(entry), 9)
+                            self.log.warning("bngrade: killed a leftover sandbox process %s", entry)
+                    except OSError:
+                        pass
 
     def _mark_not_run(self, start, why):
         """An error output on every code cell from `start` on: it did not run (to completion)."""
