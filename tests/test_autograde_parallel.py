@@ -6,6 +6,7 @@ the other by `python -m bngrade.autograde run --jobs 2`; the gradebooks must
 hold the same grades and the same students must fail. A third copy checks
 that nbgrader refuses to run at all when bubblewrap is missing.
 """
+import json
 import re
 import shutil
 import subprocess
@@ -75,4 +76,9 @@ def test_autograde_refuses_to_run_without_bubblewrap(courses):
                               quiet=True)
     assert rc != 0
     assert "refuses to autograde without a sandbox" in log and "unsafe_run_without_sandbox" in log
-    assert not list(d.glob(f"autograded/*/{A}/{A}.ipynb"))  # nobody was graded unsandboxed
+    started = list(d.glob(f"autograded/*/{A}/{A}.ipynb"))
+    assert len(started) <= 1  # nbgrader stopped at the first student (whose copy it had made)
+    for path in started:  # and nothing was executed
+        nb = json.loads(path.read_text())
+        assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+    assert all(score in (0, None) for row in gradebook_scores(d, A).values() for score, _ in row.values())
