@@ -123,7 +123,12 @@ def student(tmp_path_factory):
         assert proc.returncode == 0, proc.stderr[-4000:]
         results[name] = _outputs_by_test(json.loads((work / f"{name}.out.ipynb").read_text()))
     no_torch = subprocess.run([str(venv_bin / "python"), "-c", "import torch"], env=env, capture_output=True)
-    return {"results": results, "venv_bin": venv_bin, "torch_rc": no_torch.returncode, "env": env}
+    release = (d / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text()
+    return {"results": results, "venv_bin": venv_bin, "torch_rc": no_torch.returncode, "release": release}
+
+
+def test_the_released_notebook_links_the_quickstart(student):
+    assert "README.md#student-quick-start" in student["release"]
 
 
 def test_quickstart_venv_has_no_torch(student):
