@@ -268,7 +268,9 @@ def run(course, assignment, jobs=None, students=None, keep=None, quiet=False):
             print(f"merging {len(students)} results into {course / 'gradebook.db'} (nbgrader, one at a time)",
                   flush=True)
         every = set(students) == set(submitted_students(course, assignment))
+        t_merge = time.monotonic()
         rc, log = merge(course, assignment, out, None if every else students)
+        run.last_merge_seconds = round(time.monotonic() - t_merge, 2)
     finally:
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -349,11 +351,16 @@ def bench(src, assignment, n, out):
             wall = time.monotonic() - t0
             per = [r["seconds"] for r in results.values() if "seconds" in r]
             figures["runs"][f"jobs{jobs}"] = dict(
-                wall_seconds=round(wall, 2), merge_rc=rc, graded=sum(r.get("ok", False) for r in results.values()),
+                wall_seconds=round(wall, 2), merge_seconds=run.last_merge_seconds,
+                grading_seconds=round(wall - run.last_merge_seconds, 2), merge_rc=rc,
+                graded=sum(r.get("ok", False) for r in results.values()),
                 median_seconds_per_submission=round(statistics.median(per), 3) if per else None,
                 max_grader_rss_mib=round(max(r.get("grader_maxrss_kib", 0) for r in results.values()) / 1024, 1))
         j1, j2 = figures["runs"]["jobs1"]["wall_seconds"], figures["runs"]["jobs2"]["wall_seconds"]
         figures["speedup_jobs2_over_jobs1"] = round(j1 / j2, 3)
+        g1, g2 = (figures["runs"][k]["grading_seconds"] for k in ("jobs1", "jobs2"))
+        figures["speedup_of_the_parallel_phase"] = round(g1 / g2, 3)
+        figures["load_average_at_end"] = os.getloadavg()
         figures["throughput_seconds_per_submission_jobs2"] = round(j2 / n, 3)
         d = _bench_course(src, base / "flood", assignment, 0, flood=True)
         result = grade_one(d, assignment, "flood", base / "flood-out")

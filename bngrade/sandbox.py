@@ -46,6 +46,9 @@ Decisions (the design leaves them to this module):
   into; as soon as the kernel answers (before any student code runs) it is
   handed back to root, so the kernel cannot put files on the host disk.
   A kernel that dies is not retried: its cells after the death get an error.
+- A file that is a symbolic link in the student's submitted/ directory is
+  not given to the kernel: nbgrader's copy into autograded/ follows links, so
+  a link to the gradebook would otherwise arrive as the gradebook's content.
 - Interrupts are sent as `interrupt_request` messages (a signal to bwrap's
   process group would not reach a kernel in its own session).
 - Without a working bwrap, the first notebook raises `SandboxUnavailable`
@@ -482,13 +485,40 @@ class SandboxedExecute(Execute):
         os.chmod(run, 0o711)
         source = (resources or {}).get("metadata", {}).get("path") or "."
         sub = os.path.join(run, "submission")
-        shutil.copytree(source, sub, symlinks=True, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        linked = self._linked_in_submission(source)
+
+        def ignore(directory, names):
+            rel = os.path.relpath(directory, source)
+            return {n for n in names if n == ".ipynb_checkpoints" or os.path.normpath(os.path.join(rel, n)) in linked}
+
+        shutil.copytree(source, sub, symlinks=True, ignore=ignore)
         for p in [Path(sub), *Path(sub).rglob("*")]:
             if not p.is_symlink():
                 os.chmod(p, 0o755 if p.is_dir() else 0o644)
         ipc = os.path.join(run, "ipc")
         os.mkdir(ipc, 0o700)
         return run, ipc
+
+    def _linked_in_submission(self, autograded):
+        """Relative paths that are symbolic links in the student's submitted directory.
+
+        nbgrader copies a submission's files into autograded/ with shutil.copy,
+        which follows links: a link to the gradebook would arrive as its content.
+        Those files are left out of the sandbox (and the instructor is told).
+        """
+        parts = Path(os.path.abspath(autograded)).parts
+        if len(parts) < 4 or parts[-3] != "autograded":
+            return set()
+        submitted = Path(*parts[:-3], "submitted", *parts[-2:])
+        linked = set()
+        for dirpath, dirnames, filenames in os.walk(submitted):
+            for n in dirnames + filenames:
+                if os.path.islink(os.path.join(dirpath, n)):
+                    linked.add(os.path.normpath(os.path.relpath(os.path.join(dirpath, n), submitted)))
+        if linked:
+            self.log.warning("bngrade: %s: symbolic links in the submission are not given to the kernel: %s",
+                             submitted, ", ".join(sorted(linked)))
+        return linked
 
     def _run(self, nb, resources):
         report = dict(sandboxed=not self.unsafe_run_without_sandbox, timed_out=False, kernel_died=False,
@@ -551,9 +581,17 @@ class SandboxedExecute(Execute):
                 children = f.read().split()
         except OSError:
             return None
-        if children:
-            self._init_pid = int(children[0])
-        return f"/proc/{children[0]}/root" if children else None
+        if not children:
+            return None
+        root = f"/proc/{children[0]}/root"
+        try:  # a recycled pid would show the host's root: never read from there
+            here, there = os.stat("/"), os.stat(root)
+        except OSError:
+            return None
+        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+            return None
+        self._init_pid = int(children[0])
+        return root
 
     def _harvest(self, report):
         root, relative = self._results_at()

@@ -65,6 +65,11 @@ def probed(tmp_path_factory):
     (course / "source" / "a" / "a.ipynb").write_text("HIDDEN TESTS")
     (course / "gradebook.db").write_text("gradebook")
     (course / "nbgrader_config.py").write_text("c = get_config()\n")
+    # a submission holding a link to the gradebook: nbgrader's copy into autograded/ follows it
+    (course / "submitted" / "alice" / "a").mkdir(parents=True)
+    os.symlink(course / "gradebook.db", course / "submitted" / "alice" / "a" / "leak.txt")
+    (course / "autograded" / "alice" / "a").mkdir(parents=True)
+    (course / "autograded" / "alice" / "a" / "leak.txt").write_text("gradebook")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -160,7 +165,7 @@ def test_gradcheck_and_the_harness_work_inside(probed):
 
 def test_private_work_directory_home_and_results(probed):
     p = probed["probes"]
-    assert p["listing"] == ["data.txt"]  # a copy of that student's directory, nothing else
+    assert p["listing"] == ["data.txt"]  # a copy of that student's files: no link's target, nothing else
     assert p["cwd"] != p["results"] and p["home"] != p["cwd"]
     assert p["jpy"] is False
 
