@@ -409,6 +409,9 @@ def main(argv=None):
         for line in failed:
             print(line)
         print(table(args.course, args.assignment))
+        if rc:
+            print(f"{len(failed) or 'some'} student(s) could not be graded (above; each one's nbgrader log says why); "
+                  "every other student is in the gradebook. Exit status 1, as nbgrader's.")
         return rc
     if args.cmd == "one":
         ok = [grade_one(args.course, args.assignment, s, args.out)["ok"] for s in args.students]
