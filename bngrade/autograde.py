@@ -416,8 +416,10 @@ def main(argv=None):
     if args.cmd == "one":
         ok = [grade_one(args.course, args.assignment, s, args.out)["ok"] for s in args.students]
         return 0 if all(ok) else 1
-    if args.cmd == "merge":
-        rc, log = merge(args.course, args.assignment, args.results)
+    if args.cmd == "merge":  # the students whose results are there (a batch may hold part of the class)
+        have = sorted(p.parent.parent.name for p in Path(args.results).glob(f"*/{args.assignment}/result.json"))
+        every = set(have) == set(submitted_students(args.course, args.assignment))
+        rc, log = merge(args.course, args.assignment, args.results, None if every else have)
         print(log[-5000:])
         print(table(args.course, args.assignment))
         return rc

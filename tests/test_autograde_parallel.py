@@ -38,7 +38,7 @@ def courses(tmp_path_factory):
     notebooks = {"solution": course.submission(d, A)}
     notebooks.update({name: course.submission(d, A, by_name[name]) for name in PICKS})
     course.place(d, A, notebooks)
-    for name in ("parallel", "refuse"):
+    for name in ("parallel", "refuse", "batch"):
         shutil.copytree(d, base / name, symlinks=True)
     rc, serial_log = course.nbgrader(d, "autograde", A, "--force", quiet=True)
     par = subprocess.run([sys.executable, "-m", "bngrade.autograde", "run", A, "--course", str(base / "parallel"),
@@ -82,3 +82,20 @@ def test_autograde_refuses_to_run_without_bubblewrap(courses):
         nb = json.loads(path.read_text())
         assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
     assert all(score in (0, None) for row in gradebook_scores(d, A).values() for score, _ in row.values())
+
+
+def test_the_standalone_unit_and_merge_give_the_same_grades(courses):
+    """The batch-runner path: `one` for some students (anywhere), then `merge` into the course."""
+    d, results = courses["base"] / "batch", courses["base"] / "batch-results"
+    cli = [sys.executable, "-m", "bngrade.autograde"]
+    one = subprocess.run(cli + ["one", A, "solution", "eps_outside_sqrt", "--course", str(d), "--out", str(results)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert json.loads((results / "solution" / A / "result.json").read_text())["ok"]
+    merged = subprocess.run(cli + ["merge", A, "--course", str(d), "--results", str(results)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert merged.returncode == 0, merged.stdout[-3000:] + merged.stderr[-2000:]
+    serial = gradebook_scores(courses["base"] / "serial", A)
+    batch = gradebook_scores(d, A)
+    graded = ("solution", "eps_outside_sqrt")
+    assert {s: batch[s] for s in graded} == {s: serial[s] for s in graded}
