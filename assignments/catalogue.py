@@ -715,12 +715,7 @@ def batchnorm_backward_alt(dout, cache):
 '''}),
 ]
 
-try:  # escape attempts and run-breakers, written with the sandbox (same format)
-    from catalogue_hostile import HOSTILE  # noqa: E402
-except ModuleNotFoundError as e:
-    if e.name != "catalogue_hostile":
-        raise
-    HOSTILE = []
+from catalogue_hostile import HOSTILE  # noqa: E402 (escape attempts and run-breakers, written with the sandbox)
 
 VARIANTS = BN_FORWARD + BN_BACKWARD_GRAPH + BN_BACKWARD_FAST + BN_SPATIAL_LAYERNORM + INTEGRITY + ISSUE8 + HOSTILE
 
