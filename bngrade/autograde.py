@@ -216,6 +216,9 @@ def _merge_in_nbgrader(assignment, results, students):
         app = AutogradeApp()
         app.initialize([assignment, "--force", f"--student={student}"])
         extra = Config()
+        # the graded notebook replaces the submission whole: sanitizing it first would be work thrown away
+        # (a notebook nbgrader cannot read still fails here, before any preprocessor, as in a serial run)
+        extra.Autograde.sanitize_preprocessors = []
         extra.Autograde.autograde_preprocessors = [ReplayGraded, SaveAutoGrades, AssignLatePenalties,
                                                    CheckCellMetadata]
         extra.ReplayGraded.results_dir = results
