@@ -56,7 +56,7 @@ book: $(STAMP) $(MATHJAX)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going --all
 	@echo "The book is in _build/html/index.html"
 
-test: $(STAMP) $(MATHJAX) chromium
+test: $(STAMP) $(MATHJAX) chromium bwrap
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Needs neither MathJax nor chromium: the slow tests are the ones that would.
@@ -75,9 +75,9 @@ clean:
 # assignments/ with the venv's tools on PATH; A picks the assignment.
 A ?= bn_forward
 COURSE_ASSIGNMENTS := bn_forward bn_backward_graph bn_backward_fast bn_spatial_layernorm
-IN_COURSE := cd assignments && PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+IN_COURSE = cd $(COURSE) && PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: grade-demo generate autograde feedback export-grades
+.PHONY: grade-demo generate autograde feedback export-grades bwrap bench-autograde
 
 grade-demo: $(STAMP)   ## the whole cycle on sample submissions, in /tmp/bnkit-grade-demo
 	$(PY) assignments/course.py demo --dest /tmp/bnkit-grade-demo
@@ -85,8 +85,21 @@ grade-demo: $(STAMP)   ## the whole cycle on sample submissions, in /tmp/bnkit-g
 generate: $(STAMP)     ## release/<A>/ for every assignment (solutions, hidden tests removed)
 	$(IN_COURSE) && for a in $(COURSE_ASSIGNMENTS); do nbgrader generate_assignment $$a --force || exit 1; done
 
-autograde: $(STAMP)    ## autograde submitted/*/$(A), with progress, then the grade table
-	$(PY) assignments/course.py autograde $(A) --dir assignments
+# The course's kernels run in bubblewrap (bngrade/sandbox.py): Debian's package (CI runs as root).
+bwrap:
+	@test -x /usr/bin/bwrap || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
+	  || echo "warning: could not install bubblewrap; autograde will refuse to run (see assignments/README.md)"
+
+# Parallel autograde: JOBS students at a time, each in a scratch copy of COURSE,
+# a progress bar, then the results merged into COURSE/gradebook.db by nbgrader.
+JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
+COURSE ?= assignments
+autograde: $(STAMP) bwrap  ## autograde $(COURSE)/submitted/*/$(A), $(JOBS) at a time, then the grade table
+	$(PY) -m bngrade.autograde run $(A) --course $(COURSE) --jobs $(JOBS)
+
+bench-autograde: $(STAMP) bwrap  ## JOBS=1 vs 2, s/submission, peak RSS under a flood -> test-artifacts/
+	@mkdir -p test-artifacts
+	$(PY) -m bngrade.autograde bench $(A) --course $(COURSE) --students 20 --out test-artifacts/bench-autograde.json
 
 feedback: $(STAMP)     ## feedback/<student>/$(A)/*.html, hidden tests removed
 	$(IN_COURSE) && nbgrader generate_feedback $(A) --force

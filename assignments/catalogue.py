@@ -11,10 +11,29 @@ Each entry is one student's notebook, made from the source solution:
   autograded test must score full marks. `None` means the notebook cannot be
   graded at all (a per-student failure that must not stop the run).
 
+- `append`: a new, unlocked code cell at the very end (after the tests), as
+  a student may add one anywhere.
+- `expect`: {test: exact score} where the grade is known exactly (partial
+  credit counts cases: e.g. 1 of 4 cases right in a 2-point test is 0.5).
+- `partial`: tests that must get partial credit (more than 0, less than full).
+- `feedback`: {test: [text, ...]}: lines the student must see in that test's
+  output (a hint, a message naming the problem).
+- `report`: texts the instructor's integrity report must contain; `()`
+  means the report must say "nothing to report"; None: not checked.
+
 kinds: "buggy" (a plausible mistake: must lose points, on the right test),
 "correct" (an equivalent correct answer: full marks), "integrity" (a cheat
-or a damaged notebook: behaves as the comment says).
+or a damaged notebook: behaves as the comment says), "honest" (an honest
+student the old grader punished: full marks, or what the work earns),
+"feedback" (a porting mistake: its hint must be shown), "residual" (a cheat
+the grader does not catch: stated so the residual risk is measured, not
+hidden).
+
+Every catalogue entry is autograded through plain `nbgrader autograde` in
+`tests/test_assignments.py`, with control students (`CONTROLS`) in the same
+run whose grades must not move.
 """
+# ruff: noqa: E501 (a data file: the edits quote the solutions' lines whole, whatever their length)
 from dataclasses import dataclass, field
 
 
@@ -28,6 +47,11 @@ class Variant:
     edits: dict = field(default_factory=dict)
     cells: dict = field(default_factory=dict)
     mutation: str = ""
+    append: str = ""
+    expect: dict = field(default_factory=dict)
+    partial: frozenset = frozenset()
+    feedback: dict = field(default_factory=dict)
+    report: object = None
 
 
 FWD = "batchnorm_forward"
@@ -43,12 +67,14 @@ BN_FORWARD = [
             {"test_train_output", "test_running_stats"},
             {FWD: [("var = (xc ** 2).mean(axis=0)", "var = (xc ** 2).sum(axis=0) / (N - 1)")]}),
     Variant("biased_running_var", "bn_forward", "buggy", "running_var updated with the biased variance",
-            {"test_running_stats"}, {FWD: [("momentum * var * N / (N - 1)", "momentum * var")]}),
+            {"test_running_stats"}, {FWD: [("momentum * var * N / (N - 1)", "momentum * var")]},
+            feedback={"test_running_stats": ["unbiased batch variance"]}),
     Variant("momentum_convention_swapped", "bn_forward", "buggy",
             "CS231n's convention: running = momentum * running + (1 - momentum) * batch",
             {"test_running_stats"},
             {FWD: [("(1 - momentum) * running_mean + momentum * mu", "momentum * running_mean + (1 - momentum) * mu"),
-                   ("(1 - momentum) * running_var + momentum * var", "momentum * running_var + (1 - momentum) * var")]}),
+                   ("(1 - momentum) * running_var + momentum * var", "momentum * running_var + (1 - momentum) * var")]},
+            feedback={"test_running_stats": ["CS231n's convention"]}),
     Variant("cs231n_default_momentum", "bn_forward", "buggy", "default momentum 0.9 (CS231n's) with its convention",
             {"test_running_stats"},
             {FWD: [('bn_param.get("momentum", 0.1)', 'bn_param.get("momentum", 0.9)'),
@@ -60,7 +86,8 @@ BN_FORWARD = [
     Variant("keepdims_shapes", "bn_forward", "buggy", "statistics kept as (1, D): running stats end up (1, D)",
             {"test_running_stats"},
             {FWD: [("mu = x.mean(axis=0)", "mu = x.mean(axis=0, keepdims=True)"),
-                   ("var = (xc ** 2).mean(axis=0)", "var = (xc ** 2).mean(axis=0, keepdims=True)")]}),
+                   ("var = (xc ** 2).mean(axis=0)", "var = (xc ** 2).mean(axis=0, keepdims=True)")]},
+            feedback={"test_running_stats": ["not (1, "]}),
     Variant("wrong_axis", "bn_forward", "buggy", "statistics per sample (axis=1) instead of per feature",
             {"test_train_output", "test_running_stats"},
             {FWD: [("mu = x.mean(axis=0)", "mu = x.mean(axis=1, keepdims=True)"),
@@ -77,7 +104,8 @@ BN_FORWARD = [
             {"test_eval"}, {FWD: [("        cache = None\n",
                                    "        cache = None\n        running_mean = (1 - momentum) * running_mean + momentum * x.mean(axis=0)\n")]}),
     Variant("only_test_mode", "bn_forward", "buggy", "accepts 'test' but not 'eval'",
-            {"test_eval"}, {FWD: [('elif mode in ("test", "eval"):', 'elif mode == "test":')]}),
+            {"test_eval"}, {FWD: [('elif mode in ("test", "eval"):', 'elif mode == "test":')]},
+            partial={"test_eval"}, feedback={"test_eval": ["mode 'eval' must work exactly like 'test'"]}),
     Variant("running_var_of_std", "bn_forward", "buggy", "running_var tracks the standard deviation",
             {"test_running_stats"}, {FWD: [("momentum * var * N / (N - 1)", "momentum * np.sqrt(var * N / (N - 1))")]}),
     Variant("gamma_beta_swapped", "bn_forward", "buggy", "beta * xhat + gamma",
@@ -409,10 +437,11 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return x.copy(), None
 '''}),
     Variant("cheat_swallow_errors", "bn_forward", "integrity",
-            "silences exceptions in IPython (set_custom_exc): flagged, every test scores zero",
-            ALL_FORWARD, edits={FWD: [("def batchnorm_forward(",
-                                       "get_ipython().set_custom_exc((Exception,), lambda *a, **k: None)\n\n\n"
-                                       "def batchnorm_forward(")]}),
+            "silences exceptions in IPython (set_custom_exc) around a correct forward: the old grader zeroed it; "
+            "now what the kernel raises or hides decides nothing, so full marks, and it is reported",
+            frozenset(), report=("set_custom_exc",), edits={FWD: [("def batchnorm_forward(",
+                                                                 "get_ipython().set_custom_exc((Exception,), lambda *a, **k: None)\n\n\n"
+                                                                 "def batchnorm_forward(")]}),
     Variant("edited_test_cell", "bn_forward", "integrity",
             "a buggy forward and its test cell replaced by `pass`: the test is restored and fails",
             {"test_train_output"}, edits={FWD: [("xc / np.sqrt(var + eps)", "xc / (np.sqrt(var) + eps)")]},
@@ -445,4 +474,254 @@ def batchnorm_backward_alt(dout, cache):
             {"test_alt_dx", "test_alt_dparams"}, mutation="alt_via_copy"),
 ]
 
-VARIANTS = BN_FORWARD + BN_BACKWARD_GRAPH + BN_BACKWARD_FAST + BN_SPATIAL_LAYERNORM + INTEGRITY
+# ---- issue 8: cases by class (see the issue's "What was measured"); each states its grades.
+FWD_BUG = [("xc / np.sqrt(var + eps)", "xc / (np.sqrt(var) + eps)")]  # a wrong training output
+ZERO_FORWARD = {"test_train_output": 0, "test_running_stats": 0, "test_eval": 0}
+
+
+def _before_forward(code, bug=True):
+    """Edits that put `code` above the student's forward (buggy training output unless bug=False)."""
+    return {FWD: (FWD_BUG if bug else []) + [("def batchnorm_forward(", code.strip("\n") + "\n\n\ndef batchnorm_forward(")]}
+
+
+def _inside_forward(code):
+    """Edits that put `code` at the start of the forward's body (after the docstring)."""
+    return {FWD: [('    mode = bn_param.get("mode", "train")\n',
+                   "".join("    " + line + "\n" for line in code.strip("\n").split("\n")) +
+                   '    mode = bn_param.get("mode", "train")\n')]}
+
+
+ISSUE8 = [
+    # -- marks not earned: each attack leaves the wrong forward as wrong as it is, and is reported
+    Variant("attack_patch_harness_module", "bn_forward", "integrity",
+            "replaces bngrade.harness.run_cases with a function that prints 'ok': no results, zero, reported",
+            set(ALL_FORWARD), expect=ZERO_FORWARD, report=("imports bngrade.harness", "assigns to _h.run_cases"),
+            edits=_before_forward("import bngrade.harness as _h\n_h.run_cases = lambda *a, **k: print('all passed')"),
+            feedback={"test_train_output": ["no result"]}),
+    Variant("attack_patch_harness_globals", "bn_forward", "integrity",
+            "the issue's attack: run_cases.__globals__['run_cases'] = a fake: no results, zero, reported",
+            set(ALL_FORWARD), expect=ZERO_FORWARD, report=("__globals__",),
+            edits=_before_forward("from bngrade.harness import run_cases as _rc\n"
+                                  "_rc.__globals__['run_cases'] = lambda *a, **k: print('ok')")),
+    Variant("attack_patch_json", "bn_forward", "integrity",
+            "patches json.dump (what the harness writes with) to write a forged 'all passed' record: "
+            "malformed results, zero",
+            set(ALL_FORWARD), expect=ZERO_FORWARD, report=("assigns to json.dump",),
+            edits=_before_forward("import json\n_FORGED = '{\"format\": \"bngrade-results/1\", \"verdict\": \"all passed\"}'\n"
+                                  "json.dump = lambda obj, f, **k: f.write(_FORGED)")),
+    Variant("attack_input_transformer", "bn_forward", "integrity",
+            "an IPython input transformer turns every run_cases(...) into print(...): no results, zero",
+            set(ALL_FORWARD), expect=ZERO_FORWARD, report=("input_transformers_post",),
+            edits=_before_forward("get_ipython().input_transformers_post.append(\n"
+                                  "    lambda lines: [line.replace('run_cases(', 'print(') for line in lines])")),
+    Variant("attack_shadow_bngrade", "bn_forward", "integrity",
+            "writes a shadow bngrade/ package beside the notebook whose run_cases forges results: the sandbox's "
+            "bngrade comes first or the forgery is judged outside; zero",
+            set(ALL_FORWARD), report=("opens a file for writing", "os.makedirs"),
+            edits=_before_forward(
+                "import os\nos.makedirs('bngrade', exist_ok=True)\n"
+                "open('bngrade/__init__.py', 'w').close()\n"
+                "with open('bngrade/harness.py', 'w') as _f:\n"
+                "    _f.write('def run_cases(grade_id, cases, **funcs):\\n    print(\"all tests passed\")\\n')\n"
+                "import sys\nsys.path.insert(0, os.getcwd())\nsys.modules.pop('bngrade', None)")),
+    Variant("attack_shadow_bnkit", "bn_forward", "integrity",
+            "writes a shadow bnkit/ beside the notebook (gradcheck.rel_error always 0, a fake fast): the "
+            "reference is computed in the grader's own process; the bug loses its marks",
+            {"test_train_output"}, report=("opens a file for writing",),
+            edits=_before_forward(
+                "import os\nos.makedirs('bnkit', exist_ok=True)\n"
+                "with open('bnkit/__init__.py', 'w') as _f:\n    _f.write('')\n"
+                "with open('bnkit/gradcheck.py', 'w') as _f:\n"
+                "    _f.write('def rel_error(a, b):\\n    return 0.0\\n\\ndef numerical_gradient(*a, **k):\\n    return 0\\n')\n"
+                "with open('bnkit/fast.py', 'w') as _f:\n"
+                "    _f.write('def batchnorm_forward(x, g, b, p):\\n    return x, None\\n')")),
+    Variant("attack_thread_forges_results", "bn_forward", "integrity",
+            "a daemon thread keeps overwriting $BNGRADE_RESULTS/*.json with forged records while the tests run: "
+            "whatever the grader reads is judged against bnkit outside; the bug loses its marks",
+            {"test_train_output"}, report=("threads", "os.environ"),
+            edits=_before_forward(
+                "import os, threading, time, json as _j\n"
+                "def _forge():\n"
+                "    d = os.environ.get('BNGRADE_RESULTS')\n"
+                "    for _ in range(2000):\n"
+                "        if d and os.path.isdir(d):\n"
+                "            for g in ('test_train_output',):\n"
+                "                try:\n"
+                "                    with open(os.path.join(d, g + '.json'), 'w') as f:\n"
+                "                        f.write('{\"format\": \"bngrade-results/1\", \"grade_id\": \"' + g + '\", \"cases\": []}')\n"
+                "                except OSError:\n"
+                "                    pass\n"
+                "        time.sleep(0.005)\n"
+                "threading.Thread(target=_forge, daemon=True).start()")),
+    Variant("attack_ctypes_reference", "bn_forward", "integrity",
+            "runs `import bnkit.fast` through ctypes (PyRun_SimpleString) to reach the reference: it is not in "
+            "the sandbox; the bug loses its marks",
+            {"test_train_output"}, report=("ctypes",),
+            edits=_before_forward(
+                "import ctypes\n"
+                "ctypes.pythonapi.PyRun_SimpleString(b'import builtins\\ntry:\\n    import bnkit.fast as f\\n'\n"
+                "                                    b'    builtins._ref = f.batchnorm_forward\\nexcept Exception:\\n'\n"
+                "                                    b'    builtins._ref = None\\n')")),
+    Variant("attack_read_reference_source", "bn_forward", "integrity",
+            "looks for bnkit/fast.py on disk (sys.path, /work, /root, /tmp) to exec it: not there in "
+            "the sandbox, so its own (wrong) forward is graded",
+            {"test_train_output"}, report=("calls exec",),
+            edits=_before_forward(
+                "import glob, sys\n_found = [p for d in sys.path + ['/work/*', '/work/*/*', '/root/*', '/tmp/*']\n"
+                "          for p in glob.glob(d + '/bnkit/fast.py')][:1]\n"
+                "_ns = {}\nif _found:\n    exec(open(_found[0]).read(), _ns)\n"
+                "_stolen = _ns.get('batchnorm_forward')")),
+    Variant("attack_forge_results_after_tests", "bn_forward", "integrity",
+            "a cell added after the tests rewrites every result file with a record claiming the reference's "
+            "answer (its own numbers): judged outside, the bug still fails",
+            {"test_train_output"}, report=("opens a file for writing",), edits={FWD: FWD_BUG},
+            append="import os, json\n"
+                   "_d = os.environ.get('BNGRADE_RESULTS')\n"
+                   "for _name in (os.listdir(_d) if _d else []):\n"
+                   "    _p = os.path.join(_d, _name)\n"
+                   "    _rec = json.load(open(_p))\n"
+                   "    _rec['cases'] = _rec['cases'] * 3\n"
+                   "    with open(_p, 'w') as _f:\n"
+                   "        json.dump(_rec, _f)\n"),
+    Variant("attack_monkeypatch_numpy", "bn_forward", "integrity",
+            "patches np.allclose, np.testing.assert_allclose and np.array_equal: the comparison runs in the "
+            "grader; the bug loses its marks, nothing else changes",
+            {"test_train_output"}, report=("assigns to np.allclose", "assigns to np.testing.assert_allclose"),
+            edits=_before_forward("np.allclose = lambda *a, **k: True\nnp.array_equal = lambda *a, **k: True\n"
+                                  "np.testing.assert_allclose = lambda *a, **k: None")),
+    Variant("attack_patch_random_inputs", "bn_forward", "integrity",
+            "a correct forward, and np.random.RandomState patched so the kernel builds easy inputs: the grader "
+            "rebuilds the true inputs, so the answers to the wrong questions fail everywhere",
+            set(ALL_FORWARD), expect=ZERO_FORWARD, report=("assigns to np.random.RandomState",),
+            edits=_before_forward("_RS = np.random.RandomState\nnp.random.RandomState = lambda seed=None: _RS(99991)",
+                                  bug=False)),
+    Variant("attack_reads_course_files", "bn_forward", "integrity",
+            "a correct forward that tries to print the source notebook, the gradebook and the config into its "
+            "feedback and to plant an IPython startup file: none is visible or writable; full marks for the "
+            "correct work, the attempt is reported, the control students after it are unchanged",
+            frozenset(), report=("os.makedirs", "opens a file for writing"),
+            edits=_before_forward(
+                "import os\n_seen = {}\n"
+                "for _p in ('../../source/bn_forward/bn_forward.ipynb', '../../gradebook.db', "
+                "'../../nbgrader_config.py', '/work/main/assignments/nbgrader_config.py'):\n"
+                "    try:\n        _seen[_p] = open(_p, 'rb').read()[:200]\n    except OSError as e:\n"
+                "        _seen[_p] = repr(e)\n"
+                "print(_seen)\n"
+                "try:\n"
+                "    _d = os.path.expanduser('~/.ipython/profile_default/startup')\n"
+                "    os.makedirs(_d, exist_ok=True)\n"
+                "    with open(os.path.join(_d, '00-pass.py'), 'w') as _f:\n"
+                "        _f.write('import bngrade.harness as h\\nh.run_cases = lambda *a, **k: None\\n')\n"
+                "except OSError as e:\n    print(e)", bug=False)),
+    Variant("attack_leak_hidden_cases", "bn_forward", "integrity",
+            "a correct forward and a cell after the tests that prints the hidden case list the kernel ran "
+            "(checks and seeds): full marks, and the feedback keeps only the grader's outputs, so no seed leaks",
+            frozenset(), report=(), append="print('hidden cases:', cases)\nprint(repr(cases))\n"),
+    # -- honest students: words never count, stderr and warnings are not failures, damaged notebooks are graded
+    Variant("honest_words_in_docstring", "bn_forward", "honest",
+            "the words inspect, subprocess, sys.modules, eval, importlib in a docstring, a comment and a print: "
+            "full marks, nothing to report",
+            frozenset(), expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2}, report=(),
+            edits={FWD: [('    mode = bn_param.get("mode", "train")\n',
+                          '    """Not like inspect.getsource or subprocess.run: no sys.modules, eval or importlib."""\n'
+                          '    # inspect, subprocess, __globals__, ctypes: words, not code\n'
+                          '    print("inspect subprocess sys.modules", end="")\n'
+                          '    mode = bn_param.get("mode", "train")\n')]}),
+    Variant("honest_logging_warning", "bn_forward", "honest",
+            "logging.warning inside a correct forward (old grader: 2/7): full marks",
+            frozenset(), expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2}, report=(),
+            edits=_inside_forward('import logging\nlogging.warning("batchnorm_forward called with %s", x.shape)')),
+    Variant("honest_print_to_stderr", "bn_forward", "honest",
+            "a print to stderr inside a correct forward (old grader: 0/7): full marks",
+            frozenset(), expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2}, report=(),
+            edits=_inside_forward('import sys\nprint("debug: x", x.shape, file=sys.stderr)')),
+    Variant("honest_warnings_warn", "bn_forward", "honest",
+            "warnings.warn inside a correct forward: full marks",
+            frozenset(), expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2}, report=(),
+            edits=_inside_forward('import warnings\nwarnings.warn("slow path")')),
+    Variant("honest_timeit_magic", "bn_forward", "honest",
+            "an IPython %timeit line in the solution cell: it parses as IPython runs it; full marks, "
+            "nothing to report",
+            frozenset(), expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2}, report=(),
+            edits=_before_forward("%timeit np.ones(10).sum()", bug=False)),
+    Variant("duplicated_cell_last_correct", "bn_forward", "honest",
+            "the solution cell copy-pasted (duplicate grade_id), first copy buggy, last copy right: graded "
+            "(old grader: not graded, 0), the last copy counts, the instructor is told",
+            frozenset(), expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2},
+            report=("grade id 'batchnorm_forward' appears in 2 cells",), edits={FWD: FWD_BUG},
+            mutation="duplicate_edited_first:batchnorm_forward"),
+    Variant("duplicated_cell_last_buggy", "bn_forward", "honest",
+            "the solution cell copy-pasted, the last copy buggy (eps outside the sqrt): the last copy is graded",
+            {"test_train_output"}, report=("graded the last copy",), edits={FWD: FWD_BUG},
+            mutation="duplicate_edited_last:batchnorm_forward"),
+    Variant("duplicated_test_cell", "bn_backward_graph", "honest",
+            "a test cell copy-pasted below itself: the last copy is graded, the other runs as a plain cell",
+            frozenset(), report=("appears in 2 cells",), mutation="duplicate_edited_last:test_backward_dx"),
+    Variant("eval_treated_as_training", "bn_forward", "feedback",
+            "'eval' taken for training (if mode != 'test': train): the 'eval' hint",
+            {"test_eval"}, partial={"test_eval"}, feedback={"test_eval": ["treated mode 'eval' as training"]},
+            edits={FWD: [('    if mode == "train":', '    if mode != "test":'),
+                         ('elif mode in ("test", "eval"):', 'elif mode == "test":')]}),
+    Variant("error_without_grader_internals", "bn_forward", "feedback",
+            "the training branch raises: the student sees their own error and line, never the grader's files",
+            {"test_train_output", "test_running_stats"},
+            expect={"test_train_output": 0, "test_running_stats": 0, "test_eval": 2},
+            feedback={"test_train_output": ["RuntimeError: my forward is not finished"]},
+            edits={FWD: [("        mu = x.mean(axis=0)\n",
+                          "        raise RuntimeError('my forward is not finished')\n        mu = x.mean(axis=0)\n")]}),
+    # -- the closed form must not call the staged backward (checked outside, from the notebook's code)
+    Variant("alt_default_argument", "bn_backward_fast", "integrity",
+            "the staged backward smuggled in as a default argument", {"test_alt_dx", "test_alt_dparams"},
+            expect={"test_alt_dx": 0, "test_alt_dparams": 0}, report=("closed form:",),
+            feedback={"test_alt_dx": ["must not"]}, cells={ALT: '''
+def batchnorm_backward_alt(dout, cache, _impl=batchnorm_backward):
+    return _impl(dout, cache)
+'''}),
+    Variant("alt_lambda", "bn_backward_fast", "integrity", "a lambda around the staged backward",
+            {"test_alt_dx", "test_alt_dparams"}, expect={"test_alt_dx": 0, "test_alt_dparams": 0},
+            cells={ALT: "batchnorm_backward_alt = lambda dout, cache: batchnorm_backward(dout, cache)\n"}),
+    Variant("alt_shared_helper_does_the_work", "bn_backward_fast", "integrity",
+            "staged and closed form both call one helper holding the gate-by-gate backward",
+            {"test_alt_dx", "test_alt_dparams"}, expect={"test_alt_dx": 0, "test_alt_dparams": 0},
+            feedback={"test_alt_dx": ["share"]},
+            edits={BWD: [("def batchnorm_backward(dout, cache):", "def _gates(dout, cache):"),
+                         ("    return dx, dgamma, dbeta", "    return dx, dgamma, dbeta\n\n\n"
+                          "def batchnorm_backward(dout, cache):\n    return _gates(dout, cache)")]},
+            cells={ALT: "def batchnorm_backward_alt(dout, cache):\n    return _gates(dout, cache)\n"}),
+    Variant("alt_honest_shared_unpack", "bn_backward_fast", "honest",
+            "an honest helper that only unpacks the cache, shared by both backwards: full marks",
+            frozenset(), expect={"test_alt_dx": 3, "test_alt_dparams": 2},
+            edits={BWD: [('    xc, std, inv_std, xhat, gamma, N = (cache[k] for k in ("xc", "std", "inv_std", "xhat", "gamma", "N"))',
+                          '    xc, std, inv_std, xhat, gamma, N = unpack(cache)')]},
+            cells={ALT: '''
+def unpack(cache):
+    """The cache's entries in one fixed order (used by batchnorm_backward too)."""
+    return tuple(cache[k] for k in ("xc", "std", "inv_std", "xhat", "gamma", "N"))
+
+
+def batchnorm_backward_alt(dout, cache):
+    """Closed form: unlike batchnorm_backward, no gate-by-gate intermediates."""
+    _, _, inv_std, xhat, gamma, N = unpack(cache)
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    return (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma), dgamma, dbeta
+'''}),
+    Variant("alt_eval_built_name", "bn_backward_fast", "residual",
+            "reaches the staged backward through eval of a built string: beyond static analysis, so NOT caught "
+            "(full marks); the report flags the eval for the instructor",
+            frozenset(), report=("calls eval",), cells={ALT: '''
+def batchnorm_backward_alt(dout, cache):
+    return eval("batchnorm" + "_backward")(dout, cache)
+'''}),
+]
+
+from catalogue_hostile import HOSTILE  # noqa: E402 (escape attempts and run-breakers, written with the sandbox)
+
+VARIANTS = BN_FORWARD + BN_BACKWARD_GRAPH + BN_BACKWARD_FAST + BN_SPATIAL_LAYERNORM + INTEGRITY + ISSUE8 + HOSTILE
+
+# Control students, placed in every autograde run (first and last in nbgrader's order): the source
+# solution, and one plain bug whose grades are those of its catalogue entry. Their grades must not
+# move whatever the other students in the run did.
+CONTROL_BUG = {"bn_forward": "eps_outside_sqrt", "bn_backward_graph": "dx_missing_mean_term",
+               "bn_backward_fast": "alt_missing_gamma", "bn_spatial_layernorm": "layernorm_dx_missing_term"}
+CONTROLS = {"aaa_control_wrong": "bug", "zzz_control_correct": "solution", "zzz_control_wrong": "bug"}

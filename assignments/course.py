@@ -13,6 +13,8 @@ in a course directory (this one by default). Subcommands:
         nbgrader autograde with a progress line per student
     python assignments/course.py table ASSIGNMENT [--dir DIR]
         the grade table from gradebook.db
+    python assignments/course.py reports ASSIGNMENT [--dir DIR]
+        the integrity reports with something to look at (reports/ASSIGNMENT/)
 
 Sample submissions come from `catalogue.py`: the source solution with a
 documented change (a bug, an equivalent rewrite, a cheat or damage).
@@ -103,6 +105,7 @@ def submission(course, assignment, variant=None):
             cell["source"] = MARKERS.sub("", _source(source[gid]))
         elif meta.get("solution"):  # written answers
             cell["source"] = _source(source[gid])
+    filled = {gid: _source(cell) for gid, cell in cells.items()}  # before the variant's changes
     if variant is not None:
         for gid, edits in variant.edits.items():
             text = _source(cells[gid])
@@ -113,13 +116,20 @@ def submission(course, assignment, variant=None):
             cells[gid]["source"] = text
         for gid, text in variant.cells.items():
             cells[gid]["source"] = text.strip("\n") + "\n"
+        if getattr(variant, "append", ""):  # a cell the student added at the end, after the tests
+            release["cells"].append({"cell_type": "code", "execution_count": None, "id": "added-by-student",
+                                     "metadata": {}, "outputs": [], "source": variant.append})
         if variant.mutation:
-            return mutate(release, variant.mutation)
+            return mutate(release, variant.mutation, filled)
     return json.dumps(release, indent=1)
 
 
-def mutate(nb, mutation):
-    """Damage or tamper with a notebook as a student might; return JSON text."""
+def mutate(nb, mutation, filled=None):
+    """Damage or tamper with a notebook as a student might; return JSON text.
+
+    `filled`: {grade id: source} of the notebook before the variant's edits
+    (for the duplicate_* mutations: a copy-pasted cell, edited in one copy).
+    """
     kind, _, gid = mutation.partition(":")
     cells = nb["cells"]
     index = {c["metadata"].get("nbgrader", {}).get("grade_id"): i for i, c in enumerate(cells)}
@@ -134,6 +144,14 @@ def mutate(nb, mutation):
     elif kind == "strip_metadata":
         for c in cells:
             c["metadata"].pop("nbgrader", None)
+    elif kind in ("duplicate_edited_first", "duplicate_edited_last"):
+        # the cell copy-pasted (Jupyter gives the copy a new cell id, the same nbgrader metadata);
+        # the variant's edits stay in the first or in the last copy, the other copy is as before them
+        i = index[gid]
+        twin = json.loads(json.dumps(cells[i]))
+        twin["id"] = f"{cells[i].get('id', gid)}-pasted"[:64]
+        twin["source"] = (filled or {}).get(gid, _source(cells[i]))
+        cells.insert(i if kind == "duplicate_edited_last" else i + 1, twin)
     elif kind == "invalid_json":
         return json.dumps(nb, indent=1)[:5000]
     elif kind == "alt_via_copy":  # the staged backward, renamed, called by the "closed form"
@@ -154,12 +172,21 @@ def place(course, assignment, notebooks):
         (d / f"{assignment}.ipynb").write_text(text)
 
 
-def samples(course, assignment, variants=None):
-    """The source solution, the blank notebook and the catalogue's variants."""
+def controls(course, assignment):
+    """The control students of a run (catalogue.CONTROLS): {student: notebook JSON text}."""
+    bug = next(v for v in catalogue.VARIANTS if v.name == catalogue.CONTROL_BUG[assignment])
+    made = {"solution": submission(course, assignment), "bug": submission(course, assignment, bug)}
+    return {student: made[what] for student, what in catalogue.CONTROLS.items()}
+
+
+def samples(course, assignment, variants=None, with_controls=False):
+    """The source solution, the blank notebook and the catalogue's variants (and the control students)."""
     notebooks = {"solution": submission(course, assignment), "blank": submission(course, assignment, "blank")}
     for v in catalogue.VARIANTS if variants is None else variants:
         if v.assignment == assignment:
             notebooks[v.name] = submission(course, assignment, v)
+    if with_controls:
+        notebooks.update(controls(course, assignment))
     place(course, assignment, notebooks)
     return notebooks
 
@@ -179,11 +206,16 @@ def check_submissions(course, assignment):
         student = path.parts[-3]
         try:
             nb = json.loads(path.read_text())
-            ids = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb["cells"]}
+            all_ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb["cells"]]
+            ids = set(all_ids)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             problems.append((student, f"the notebook is not valid notebook JSON ({e}); "
                                       "ask for a fresh copy of the released notebook with the answers pasted in"))
             continue
+        twice = sorted({g for g in all_ids if g and all_ids.count(g) > 1})
+        if twice:
+            problems.append((student, "cells copy-pasted (the same grade id twice): " + ", ".join(twice) +
+                                      "; the last copy of each is graded"))
         missing = [g for g in wanted if g not in ids]
         if len(missing) == len(wanted):
             problems.append((student, "every nbgrader cell lost its metadata (opened in another tool?); nbgrader "
@@ -209,6 +241,16 @@ def scores(course, assignment):
             result[student.id] = {g.name: (None if g.needs_manual_grade else g.score, g.max_score)
                                   for nb in sub.notebooks for g in nb.grades}
     return result
+
+
+def reports(course, assignment):
+    """{student: report text} of the integrity reports that have something to look at."""
+    out = {}
+    for path in sorted((Path(course) / "reports" / assignment).glob("*/*.txt")):
+        text = path.read_text()
+        if not text.rstrip().endswith("nothing to report"):
+            out[path.parent.name] = out.get(path.parent.name, "") + text
+    return out
 
 
 def table(course, assignment):
@@ -276,7 +318,7 @@ def main(argv=None):
     s = sub.add_parser("samples")
     s.add_argument("assignment", choices=ASSIGNMENTS)
     s.add_argument("--dest", default=str(HERE))
-    for name in ("autograde", "table"):
+    for name in ("autograde", "table", "reports"):
         a = sub.add_parser(name)
         a.add_argument("assignment", choices=ASSIGNMENTS)
         a.add_argument("--dir", default=str(HERE))
@@ -293,6 +335,9 @@ def main(argv=None):
         return rc
     elif args.cmd == "table":
         print(table(args.dir, args.assignment))
+    elif args.cmd == "reports":
+        found = reports(args.dir, args.assignment)
+        print("".join(found.values()) if found else f"no report for {args.assignment} has anything to look at")
     return 0
 
 

@@ -1,16 +1,25 @@
-"""The nbgrader course, end to end, through real nbgrader runs.
+"""The nbgrader course, end to end, through plain `nbgrader autograde` with the course's config.
 
 For each assignment, in a scratch copy of the course: generate the student
-version, place the source solution, the blank released notebook and every
-catalogue entry (assignments/catalogue.py) as students, autograde them all
-in ONE run, generate feedback, export the grades. Then check every student's
-score against the catalogue, the integrity cases, the feedback HTML and the
-idempotence of a re-run. Counts and timings go to
-test-artifacts/assignments-summary.json.
+version, place the source solution, the blank released notebook, every
+catalogue entry (assignments/catalogue.py, the hostile cases of
+catalogue_hostile.py included) and the control students (catalogue.CONTROLS:
+a correct and a wrong one, first and last in nbgrader's order), autograde
+them all in ONE run (so the sandbox and the verdict outside the kernel are
+what plain nbgrader uses), generate feedback, export the grades. Then check
+each student's grades against what the catalogue says, the feedback lines
+and hints, the instructor's integrity reports, that the controls did not
+move, that hidden tests never reach the feedback, and that a regrade is
+idempotent. Counts and timings go to test-artifacts/assignments-summary.json.
+
+Timeouts are the course's own (generous: a loaded machine must not cost a
+correct submission its marks); nothing here measures speed.
 """
+import ast
 import html
 import json
 import re
+import sqlite3
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +33,10 @@ import catalogue  # noqa: E402
 import course  # noqa: E402
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 10  # per cell, seconds: the infinite-loop submission costs this once
 ASSIGNMENTS = course.ASSIGNMENTS
 BY_NAME = {v.name: v for v in catalogue.VARIANTS}
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ERROR_FOR = r"There was an error processing assignment '[^']+' for student '([^']+)'"
 
 
 def _grade_assignment(base, assignment):
@@ -34,10 +44,9 @@ def _grade_assignment(base, assignment):
     d = course.copy_course(base / assignment)
     rc, gen_log = course.nbgrader(d, "generate_assignment", assignment, "--force", quiet=True)
     assert rc == 0, gen_log
-    notebooks = course.samples(d, assignment)
+    notebooks = course.samples(d, assignment, with_controls=True)
     t0 = time.time()
-    rc, log = course.nbgrader(d, "autograde", assignment, "--force", f"--Execute.timeout={TIMEOUT}",
-                              f"--ExecutePreprocessor.timeout={TIMEOUT}", quiet=True)
+    rc, log = course.nbgrader(d, "autograde", assignment, "--force", quiet=True)
     seconds = time.time() - t0
     fb_rc, fb_log = course.nbgrader(d, "generate_feedback", assignment, "--force", quiet=True)
     ex_rc, ex_log = course.nbgrader(d, "export", quiet=True)
@@ -57,8 +66,8 @@ def graded(tmp_path_factory):
 
 
 def _autograded_tests(assignment, graded):
-    """Grade ids of the autograded tests of the source solution's row."""
-    return {g for g, (_, mx) in graded[assignment]["scores"]["solution"].items() if g.startswith("test_")}
+    """Grade ids of the autograded tests (from the source solution's row)."""
+    return {g for g in graded[assignment]["scores"]["solution"] if g.startswith("test_")}
 
 
 def _row(graded, assignment, student):
@@ -67,10 +76,34 @@ def _row(graded, assignment, student):
     return {t: row.get(t, (None, None)) for t in tests}
 
 
+def _cell_text(graded, assignment, student, gid):
+    """What the student sees in a test cell's output (the autograded notebook)."""
+    path = graded[assignment]["dir"] / "autograded" / student / assignment / f"{assignment}.ipynb"
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == gid)
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
+        elif out.get("output_type") == "error":
+            parts.append("\n".join(out.get("traceback", [])) + f"\n{out.get('ename')}: {out.get('evalue')}")
+        else:
+            value = out.get("data", {}).get("text/plain", "")
+            parts.append("".join(value) if isinstance(value, list) else value)
+    return ANSI.sub("", "\n".join(parts))
+
+
+def _report(graded, assignment, student):
+    path = graded[assignment]["dir"] / "reports" / assignment / student / f"{assignment}.txt"
+    return path.read_text() if path.exists() else None
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_the_course_config_loads(graded, assignment):
-    for log in (graded[assignment]["log"], graded[assignment]["gen_log"], graded[assignment]["feedback_log"]):
+def test_the_course_config_loads_and_the_run_is_sandboxed(graded, assignment):
+    run = graded[assignment]
+    for log in (run["log"], run["gen_log"], run["feedback_log"]):
         assert "Exception while loading config file" not in log
+    assert "WITHOUT the sandbox" not in run["log"] and "unsafe" not in run["log"].lower()
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -86,9 +119,21 @@ def test_blank_notebook_scores_zero_everywhere(graded, assignment):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_control_students_grades_do_not_move(graded, assignment):
+    """A correct and a wrong control, graded first and last in the same run as every hostile case."""
+    correct = _row(graded, assignment, "zzz_control_correct")
+    assert correct == _row(graded, assignment, "solution")
+    assert all(score == mx for score, mx in correct.values()), correct
+    bug = catalogue.CONTROL_BUG[assignment]
+    first, last = _row(graded, assignment, "aaa_control_wrong"), _row(graded, assignment, "zzz_control_wrong")
+    assert first == last == _row(graded, assignment, bug), (first, last)
+    assert {t for t, (score, mx) in last.items() if score != mx} == set(BY_NAME[bug].lose)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_only_the_damaged_notebooks_fail_and_every_student_is_graded(graded, assignment):
     run = graded[assignment]
-    failed = set(re.findall(r"There was an error processing assignment '[^']+' for student '([^']+)'", run["log"]))
+    failed = set(re.findall(ERROR_FOR, run["log"]))
     assert failed == {v.name for v in catalogue.VARIANTS if v.assignment == assignment and v.lose is None}
     assert len(run["scores"]) == run["n"]  # the run went on past them: every student has a row
 
@@ -99,21 +144,66 @@ def test_catalogue_entry_scores_as_specified(graded, name):
     row = _row(graded, v.assignment, name)
     if v.lose is None:  # cannot be graded: zero everywhere, a per-student failure, the run goes on
         assert all(score in (0, None) for score, _ in row.values()), row
-        assert f"There was an error processing assignment '{v.assignment}' for student '{name}'" in graded[v.assignment]["log"]
+        assert f"There was an error processing assignment '{v.assignment}' for student '{name}'" \
+            in graded[v.assignment]["log"]
         assert name in graded[v.assignment]["problems"]
         return
     lost = {t for t, (score, mx) in row.items() if score != mx}
     assert lost == set(v.lose), f"{name} ({v.why}): lost points on {sorted(lost)}, expected {sorted(v.lose)}; {row}"
-    for t in v.lose:
-        assert row[t][0] == 0
+    for t, want in v.expect.items():
+        assert row[t][0] == pytest.approx(want), f"{name}: {t} scored {row[t][0]}, expected {want}; {row}"
+    for t in v.partial:
+        assert 0 < row[t][0] < row[t][1], f"{name}: {t} should get partial credit; {row}"
+
+
+@pytest.mark.parametrize("name", [v.name for v in catalogue.VARIANTS if v.feedback])
+def test_catalogue_entry_feedback_says_what_is_wrong(graded, name):
+    v = BY_NAME[name]
+    for gid, texts in v.feedback.items():
+        text = _cell_text(graded, v.assignment, name, gid)
+        for want in texts:
+            assert want in text, f"{name}: {gid} should say {want!r}; it says:\n{text}"
+
+
+@pytest.mark.parametrize("name", [v.name for v in catalogue.VARIANTS if v.report is not None])
+def test_catalogue_entry_is_reported_to_the_instructor_as_specified(graded, name):
+    v = BY_NAME[name]
+    report = _report(graded, v.assignment, name)
+    assert report is not None, f"{name}: no integrity report was written"
+    if not v.report:
+        assert report.rstrip().endswith("nothing to report"), report
+    for want in v.report:
+        assert want in report, f"{name}: the report should mention {want!r}:\n{report}"
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_hidden_tests_are_not_released(graded, assignment):
-    release = (graded[assignment]["dir"] / "release" / assignment / f"{assignment}.ipynb").read_text()
-    assert "HIDDEN TESTS" not in release and "BEGIN SOLUTION" not in release
-    for line in _hidden_lines(graded[assignment]["dir"], assignment):
-        assert line not in release
+def test_every_graded_student_has_a_report_and_honest_ones_are_quiet(graded, assignment):
+    run = graded[assignment]
+    ungradable = {v.name for v in catalogue.VARIANTS if v.assignment == assignment and v.lose is None}
+    for student in set(run["scores"]) - ungradable:
+        assert _report(graded, assignment, student) is not None, student
+    for student in ("solution", "blank", "zzz_control_correct", "zzz_control_wrong"):
+        assert _report(graded, assignment, student).rstrip().endswith("nothing to report")
+    flagged = course.reports(run["dir"], assignment)
+    assert "solution" not in flagged and set(flagged) <= set(run["scores"])
+
+
+GRADER_FRAMES = re.compile(r"(harness|verdict|cases|preprocessors|sandbox|integrity)\.py|site-packages|"
+                           r"Traceback \(most recent call last\)")
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_feedback_lines_never_show_grader_internals(graded, assignment):
+    """No frame or file of the grader's (an ImportError may still name the sandbox's minimal bnkit)."""
+    run = graded[assignment]
+    ungradable = {v.name for v in catalogue.VARIANTS if v.assignment == assignment and v.lose is None}
+    errors = 0
+    for student in set(run["scores"]) - ungradable:
+        for gid in _autograded_tests(assignment, graded):
+            text = _cell_text(graded, assignment, student, gid)
+            errors += "Error" in text
+            assert not GRADER_FRAMES.search(text), (student, gid, text)
+    assert errors > 0  # the check saw students whose code raised
 
 
 def _hidden_lines(d, assignment):
@@ -127,56 +217,54 @@ def _hidden_lines(d, assignment):
     return lines
 
 
+def _hidden_cases(d, assignment):
+    """The (check, seed) pairs listed only in the hidden regions of the source."""
+    pairs = []
+    for line in _hidden_lines(d, assignment):
+        if "+=" in line:
+            pairs += ast.literal_eval(line.split("+=", 1)[1].strip())
+    assert pairs
+    return pairs
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_hidden_tests_are_not_released(graded, assignment):
+    release = (graded[assignment]["dir"] / "release" / assignment / f"{assignment}.ipynb").read_text()
+    assert "HIDDEN TESTS" not in release and "BEGIN SOLUTION" not in release
+    for line in _hidden_lines(graded[assignment]["dir"], assignment):
+        assert line not in release
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_feedback_html_has_no_hidden_test_source(graded, assignment):
     d = graded[assignment]["dir"]
     assert graded[assignment]["feedback_rc"] == 0, graded[assignment]["feedback_log"][-3000:]
     pages = sorted(d.glob(f"feedback/*/{assignment}/{assignment}.html"))
-    assert len(pages) >= graded[assignment]["n"] - 2  # all but the two ungradable notebooks
+    ungradable = sum(1 for v in catalogue.VARIANTS if v.assignment == assignment and v.lose is None)
+    assert len(pages) >= graded[assignment]["n"] - ungradable
     hidden = _hidden_lines(d, assignment)
-    failing_tracebacks = 0
+    # a student's cell may print the case list the kernel ran (catalogue: attack_leak_hidden_cases)
+    hidden += [f"({check!r}, {seed})" for check, seed in _hidden_cases(d, assignment)]
+    failing = 0
     for page in pages:
         text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
-        failing_tracebacks += "Traceback (most recent call last)" in text
+        failing += bool(re.search(r"^\s*FAIL\b", text, re.M))
         assert "HIDDEN TESTS" not in text, page
         for line in hidden:
             assert line not in text, (page, line)
-    assert failing_tracebacks > 0  # the check covered tracebacks, which quote the lines around a failure
+    assert failing > 0  # the check covered pages with failing cases, whose lines are the longest
 
 
-def test_timeout_interrupts_one_cell_and_grading_goes_on(graded):
-    assert f"Timeout waiting for execute reply ({TIMEOUT}s)" in graded["bn_forward"]["log"]
+def test_a_stuck_cell_costs_only_that_test(graded):
     row = _row(graded, "bn_forward", "infinite_loop")
-    assert row["test_eval"][0] == 0 and row["test_train_output"][0] == 3  # the cells after it still ran
+    assert row["test_eval"][0] == 0 and row["test_train_output"][0] == 3  # the other cells still ran
 
 
 def test_ungradable_notebooks_get_clear_per_student_messages(graded):
     problems = graded["bn_forward"]["problems"]
     assert "not valid notebook JSON" in problems["invalid_json"]
     assert "lost its metadata" in problems["metadata_stripped"]
-    # and the run went on: students after them in nbgrader's order were graded
-    assert _row(graded, "bn_forward", "wrong_axis")["test_eval"][0] == 2
-
-
-def test_integrity_messages_name_the_cheat(graded):
-    d = graded["bn_forward"]["dir"]
-
-    def outputs(student, gid):
-        nb = json.loads((d / "autograded" / student / "bn_forward" / "bn_forward.ipynb").read_text())
-        cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == gid)
-        return re.sub(r"\x1b\[[0-9;]*m", "", json.dumps(cell["outputs"]))
-
-    assert "not yours" in outputs("cheat_unblock_and_assign", "test_train_output")
-    gc = outputs("cheat_gc_finds_reference", "test_train_output")
-    assert "not yours" in gc or "name 'batchnorm_forward' is not defined" in gc
-    assert "from fast.py, a reference implementation" in outputs("cheat_unblock_and_wrap", "test_train_output")
-    assert "not available in this assignment" in outputs("cheat_import_bnkit", "test_eval")
-    assert "not a numpy.ndarray" in outputs("cheat_eq_always_true", "test_train_output")
-    assert "set_custom_exc" in outputs("cheat_swallow_errors", "test_running_stats")
-    fast = graded["bn_backward_fast"]["dir"]
-    nb = json.loads((fast / "autograded" / "alt_calls_staged" / "bn_backward_fast" / "bn_backward_fast.ipynb").read_text())
-    cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_alt_dx")
-    assert "calls batchnorm_backward, which this part must not use" in json.dumps(cell["outputs"])
+    assert "last copy of each is graded" in problems["duplicated_cell_last_correct"]
 
 
 def test_export_writes_one_csv_row_per_student(graded):
@@ -190,16 +278,19 @@ def test_autograde_rerun_is_idempotent(graded):
     d, a = graded["bn_backward_fast"]["dir"], "bn_backward_fast"
 
     def grade_rows():
-        import sqlite3
         with sqlite3.connect(d / "gradebook.db") as db:
             return [db.execute(f"select count(*) from {t}").fetchone()[0]
                     for t in ("grade", "submitted_assignment", "submitted_notebook", "student")]
 
-    before_rows, before = grade_rows(), course.scores(d, a)
+    def report_texts():
+        return {p.relative_to(d): p.read_text() for p in sorted((d / "reports" / a).glob("*/*.txt"))}
+
+    before_rows, before, reports_before = grade_rows(), course.scores(d, a), report_texts()
     rc, log = course.nbgrader(d, "autograde", a, "--force", quiet=True)
     assert rc == 0, log[-3000:]
     assert course.scores(d, a) == before
     assert grade_rows() == before_rows
+    assert report_texts() == reports_before
 
 
 def test_record_summary(graded):
@@ -207,28 +298,34 @@ def test_record_summary(graded):
     kinds = {}
     for v in catalogue.VARIANTS:
         row = _row(graded, v.assignment, v.name)
-        full = all(score == mx for score, mx in row.values())
         lost = {t for t, (score, mx) in row.items() if score != mx}
+        ok = (v.lose is None and not any(s for s, _ in row.values())) or \
+            (v.lose is not None and lost == set(v.lose)
+             and all(row[t][0] == pytest.approx(s) for t, s in v.expect.items())
+             and all(0 < row[t][0] < row[t][1] for t in v.partial))
         k = kinds.setdefault(v.kind, {"tried": 0, "as_specified": 0})
         k["tried"] += 1
-        k["as_specified"] += (full if v.kind == "correct" else
-                              (v.lose is None and not any(s for s, _ in row.values())) or lost == set(v.lose or ()))
+        k["as_specified"] += bool(ok)
     submissions = sum(graded[a]["n"] for a in ASSIGNMENTS)
     autograde_seconds = sum(graded[a]["seconds"] for a in ASSIGNMENTS)
+    issue8 = {v.name for v in catalogue.ISSUE8}
     summary = {
-        "buggy": {"tried": kinds["buggy"]["tried"], "caught_on_the_right_tests": kinds["buggy"]["as_specified"]},
-        "correct_variants": {"tried": kinds["correct"]["tried"], "full_marks": kinds["correct"]["as_specified"]},
-        "integrity": {"tried": kinds["integrity"]["tried"], "as_specified": kinds["integrity"]["as_specified"]},
+        "by_kind": kinds,
+        "issue8_cases": len(issue8),
+        "hostile_cases": len(catalogue.HOSTILE),
+        "control_students_per_run": len(catalogue.CONTROLS),
         "submissions_graded": submissions,
         "autograde_seconds_total": round(autograde_seconds, 1),
         "seconds_per_graded_submission": round(autograde_seconds / submissions, 2),
-        "note": "two assignments autograde at a time on this machine; per-submission time is per nbgrader run",
+        "note": "two assignments autograde at a time (one sandboxed kernel each); per-submission time is "
+                "per nbgrader run, serial within it; not a benchmark",
         "wall_seconds_whole_fixture": round(graded["_wall"], 1),
-        "wall_seconds_per_submission_effective": round(graded["_wall"] / submissions, 2),
+        "reports_with_findings": {a: sorted(course.reports(graded[a]["dir"], a)) for a in ASSIGNMENTS},
     }
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "assignments-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    assert summary["buggy"]["caught_on_the_right_tests"] == summary["buggy"]["tried"]
-    assert summary["correct_variants"]["full_marks"] == summary["correct_variants"]["tried"]
+    assert summary["issue8_cases"] >= 20
+    for kind, k in kinds.items():
+        assert k["as_specified"] == k["tried"], (kind, k)
