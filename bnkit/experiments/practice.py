@@ -302,4 +302,5 @@ def variance_shift(p=0.5, n_hidden=256, seed=0):
         test_var = feat(data.x_test).var(0)
     alive = test_var > 1e-8  # units the ReLU never switches on have no variance to compare
     ratio = (bn.running_var[alive] / test_var[alive]).numpy()
-    return {"units": int(alive.sum()), "mean": float(ratio.mean()), "median": float(np.median(ratio)), "min": float(ratio.min()), "max": float(ratio.max()), "inverse_keep": 1 / (1 - p)}
+    return {"units": int(alive.sum()), "mean": float(ratio.mean()), "median": float(np.median(ratio)),
+            "min": float(ratio.min()), "max": float(ratio.max()), "inverse_keep": 1 / (1 - p)}
