@@ -60,9 +60,10 @@ PAGE_CHECKS = """async () => {
 }"""
 
 
-# Horizontal overflow, measured in the page: containers whose content is
-# wider than their box, and the outermost elements that stick out of the
-# article column or the viewport without a scrolling box around them.
+# Horizontal overflow, measured in the page: the page and its main containers
+# must not be wider than their box, and no element may stick out of the
+# article column (or, for the theme's full-width and margin content, out of
+# the viewport) unless a scrolling box around it holds it.
 OVERFLOW = """() => {
   const vw = document.documentElement.clientWidth;
   const problems = [];
@@ -70,7 +71,7 @@ OVERFLOW = """() => {
       (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\\s+/).join('.') : '');
   const root = document.scrollingElement || document.documentElement;
   if (root.scrollWidth > vw + 1) problems.push(`the page scrolls sideways: ${root.scrollWidth} px wide in ${vw} px`);
-  for (const sel of ['.bd-container', '.bd-main', '.bd-content', '.bd-article-container', 'article.bd-article']) {
+  for (const sel of ['body', '.bd-container', '.bd-main', '.bd-content']) {
     for (const e of document.querySelectorAll(sel)) {
       if (e.scrollWidth > e.clientWidth + 1) {
         problems.push(`${sel} overflows: content ${e.scrollWidth} px in ${e.clientWidth} px`);
@@ -78,12 +79,14 @@ OVERFLOW = """() => {
     }
   }
   const article = document.querySelector('article.bd-article');
-  if (!article) return {problems: problems.concat(['no article.bd-article']), width: vw};
+  if (!article) return {problems, width: vw, article: false};
   const column = article.getBoundingClientRect();
-  const right = Math.min(column.right, vw) + 1, left = Math.max(column.left, 0) - 1;
+  const WIDE = '.full-width, .tag_full-width, .margin, .sidebar';
   const sticksOut = e => {
     const r = e.getBoundingClientRect();
-    return r.width > 0 && r.height > 0 && (r.right > right || r.left < left);
+    if (r.width === 0 || r.height === 0) return false;
+    const [left, right] = e.closest(WIDE) ? [0, vw] : [Math.max(column.left, 0), Math.min(column.right, vw)];
+    return r.right > right + 1 || r.left < left - 1;
   };
   const inScrollBox = e => {
     for (let a = e.parentElement; a && a !== article; a = a.parentElement) {
@@ -92,14 +95,14 @@ OVERFLOW = """() => {
     return false;
   };
   for (const e of article.querySelectorAll('*')) {
-    if (!sticksOut(e) || inScrollBox(e) || e.closest('.margin, aside.sidebar')) continue;
+    if (!sticksOut(e) || inScrollBox(e)) continue;
     if (e.parentElement !== article && sticksOut(e.parentElement) && !inScrollBox(e.parentElement)) continue;
     const r = e.getBoundingClientRect();
     problems.push(`${name(e)} (${Math.round(r.left)}..${Math.round(r.right)} px, column ` +
-                  `${Math.round(column.left)}..${Math.round(column.right)}): ` +
+                  `${Math.round(column.left)}..${Math.round(column.right)}, viewport ${vw}): ` +
                   JSON.stringify((e.textContent || '').trim().slice(0, 50)));
   }
-  return {problems, width: vw};
+  return {problems, width: vw, article: true};
 }"""
 
 
@@ -234,6 +237,8 @@ def test_no_page_overflows_its_column_and_every_page_is_screenshotted(site, brow
         page.evaluate(PAGE_CHECKS)  # MathJax typeset, fonts loaded: the final layout
         measured = page.evaluate(OVERFLOW)
         assert measured["width"] <= width
+        if path.parent == root / "book":
+            assert measured["article"], f"{rel} has no article.bd-article: the overflow check cannot see it"
         if path.parent == root / "book" or path.name == "index.html":
             shot = out / f"{path.stem}.png"
             page.screenshot(path=str(shot), full_page=True)

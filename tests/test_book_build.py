@@ -140,7 +140,7 @@ def test_every_chapter_page_carries_the_configured_buttons(book):
         links = {a.get("href") for a in soup.find_all("a")}
         expected = {
             "repository": url,
-            "issues": f"{url}/issues/new?title=Issue%20on%20page%20%2F{chapter.replace('/', '%2F')}.html&body=Your%20issue%20content%20here.",  # noqa: E501
+            "issues": f"{url}/issues/new?title=Issue%20on%20page%20%2F{chapter}.html&body=Your%20issue%20content%20here.",  # noqa: E501
             "edit": f"{url}/edit/{branch}/{chapter}.md",
             "Binder": f"{binderhub}/v2/gh/{owner_repo}/{branch}?urlpath=tree/{chapter}.md",
             ".md download": f"../_sources/{chapter}.md",
@@ -148,7 +148,8 @@ def test_every_chapter_page_carries_the_configured_buttons(book):
         }
         problems += [f"{chapter}: no {what} button ({href})" for what, href in expected.items() if href not in links]
         for button in ("fullscreen-button", "download-pdf-button", "download-source-button",
-                       "download-notebook-button", "source-repository-button", "launch-buttons"):
+                       "download-notebook-button", "source-repository-button", "source-edit-button",
+                       "source-issues-button"):
             if not soup.select(f".btn-{button}"):
                 problems.append(f"{chapter}: no .btn-{button}")
         # every download the buttons offer is there
@@ -173,12 +174,15 @@ def test_chapter_downloads_are_the_chapter_as_markdown_and_notebook(book):
 
 
 def solution_and_hidden_lines(notebook):
-    """The non-trivial lines inside the solution and hidden-test regions of a source notebook."""
-    lines = set()
+    """The non-trivial lines found only inside the solution and hidden-test
+    regions of a source notebook (a line also written outside them is no secret)."""
+    region = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
+    inside, outside = set(), set()
     for cell in notebook.cells:
-        for region in re.findall(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", cell.source, re.S):
-            lines.update(line.strip() for line in region[1].splitlines() if len(line.strip()) >= 12)
-    return lines
+        for _, body in region.findall(cell.source):
+            inside.update(line.strip() for line in body.splitlines() if len(line.strip()) >= 12)
+        outside.update(line.strip() for line in region.sub("", cell.source).splitlines())
+    return inside - outside
 
 
 def test_the_student_notebooks_are_downloadable_without_solutions_or_hidden_tests(book):

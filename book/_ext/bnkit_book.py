@@ -101,11 +101,14 @@ def fill_downloads_tables(app, doctree, docname):
         + ", ".join(link(f"{DOWNLOADS}/{a}/{nb}", nb) for nb in notebooks) + "</td></tr>"
         for a, notebooks in assignment_notebooks(course_dir(app) / "source").items())
 
-    html = ('<table class="table bnkit-downloads" id="chapter-downloads"><thead><tr><th>Chapter</th>'
+    # the theme's scrolling box, as around every other table of the book
+    html = ('<div class="pst-scrollable-table-container">'
+            '<table class="table bnkit-downloads" id="chapter-downloads"><thead><tr><th>Chapter</th>'
             '<th>MyST Markdown</th><th>Notebook (executed)</th></tr></thead><tbody>'
-            f'{chapters}</tbody></table>\n'
+            f'{chapters}</tbody></table></div>\n'
+            '<div class="pst-scrollable-table-container">'
             '<table class="table bnkit-downloads" id="assignment-downloads"><thead><tr><th>Assignment</th>'
-            f'<th>Student notebook</th></tr></thead><tbody>{assignments}</tbody></table>')
+            f'<th>Student notebook</th></tr></thead><tbody>{assignments}</tbody></table></div>')
     for node in list(doctree.findall(downloads_table)):
         node.replace_self(nodes.raw("", html, format="html"))
 
