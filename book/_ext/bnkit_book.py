@@ -90,10 +90,10 @@ def fill_downloads_tables(app, doctree, docname):
         if name == docname or name not in env.found_docs:
             continue
         suffix = Path(env.doc2path(name)).suffix
-        cells = [escape(env.titles[name].astext()), link(f"_sources/{name}{suffix}", Path(name).name + suffix)]
-        is_notebook = "kernelspec" in env.metadata.get(name, {})
-        cells.append(link(f"_sources/{name}.ipynb", Path(name).name + ".ipynb") if is_notebook else "(text only)")
-        rows.append(cells)
+        files = [link(f"_sources/{name}{suffix}", Path(name).name + suffix)]
+        if "kernelspec" in env.metadata.get(name, {}):  # a notebook: its executed .ipynb too
+            files.append(link(f"_sources/{name}.ipynb", Path(name).name + ".ipynb"))
+        rows.append([escape(env.titles[name].astext()), "<br>".join(files)])
     chapters = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
 
     assignments = "".join(
@@ -104,7 +104,7 @@ def fill_downloads_tables(app, doctree, docname):
     # the theme's scrolling box, as around every other table of the book
     html = ('<div class="pst-scrollable-table-container">'
             '<table class="table bnkit-downloads" id="chapter-downloads"><thead><tr><th>Chapter</th>'
-            '<th>MyST Markdown</th><th>Notebook (executed)</th></tr></thead><tbody>'
+            '<th>Source (.md) and executed notebook (.ipynb)</th></tr></thead><tbody>'
             f'{chapters}</tbody></table></div>\n'
             '<div class="pst-scrollable-table-container">'
             '<table class="table bnkit-downloads" id="assignment-downloads"><thead><tr><th>Assignment</th>'
@@ -150,7 +150,21 @@ def write_student_notebooks(app, exception):
     release_assignments(course_dir(app), Path(app.outdir) / DOWNLOADS)
 
 
+def share_html_visitors(app):
+    """Give the singlehtml builder (make pdf) every HTML visitor it lacks.
+
+    Sphinx looks a node's visitors up by builder name and falls back to the
+    format ("html") only when no extension registered any for that name; one
+    of ours registers singlehtml visitors, so myst-nb's HideCodeCellNode
+    (html only) would have none there."""
+    handlers = app.registry.translation_handlers
+    if app.builder.format == "html" and app.builder.name in handlers and app.builder.name != "html":
+        for node, visitors in handlers.get("html", {}).items():
+            handlers[app.builder.name].setdefault(node, visitors)
+
+
 def setup(app):
+    app.connect("builder-inited", share_html_visitors)
     app.add_node(downloads_table)
     app.add_directive("bnkit-downloads", DownloadsDirective)
     app.connect("doctree-resolved", fill_downloads_tables)

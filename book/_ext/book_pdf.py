@@ -11,6 +11,7 @@ is broken. Playwright drives /usr/bin/chromium; it never downloads a browser.
 """
 import argparse
 import functools
+import re
 import sys
 import threading
 import time
@@ -45,6 +46,19 @@ class QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def single_page(site):
+    """The page that holds the whole book. Jupyter Book's index.html only
+    redirects to the root document (book/intro.html), whose links singlehtml
+    writes relative to the folder's root: serve a copy of it from there."""
+    index = site / "index.html"
+    redirect = re.search(r'http-equiv="Refresh" content="0; url=([^"]+)"', index.read_text(), re.I)
+    if not redirect:
+        return index
+    page = site / "book-print.html"
+    page.write_text((site / redirect.group(1)).read_text())
+    return page
+
+
 def print_pdf(site, pdf, chromium=CHROMIUM):
     """Print site/index.html to `pdf`; returns the page's facts. Raises
     RuntimeError when the page cannot be printed faithfully."""
@@ -73,8 +87,9 @@ def print_pdf(site, pdf, chromium=CHROMIUM):
 
             page.route("**/*", local_only)
             page.on("requestfailed", lambda r: failed.append(r.url))
-            print(f"opening {site / 'index.html'} ...", flush=True)
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html", wait_until="networkidle",
+            book = single_page(site)
+            print(f"opening {book} ...", flush=True)
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/{book.name}", wait_until="networkidle",
                       timeout=0)
             print("waiting for MathJax, fonts and images ...", flush=True)
             facts = page.evaluate(READY)
@@ -83,7 +98,8 @@ def print_pdf(site, pdf, chromium=CHROMIUM):
                 problems.append(f"math not typeset: {(facts['unrendered'] + facts['merrors'])[:5]}")
             if facts["broken_images"]:
                 problems.append(f"images not loaded: {facts['broken_images'][:5]}")
-            failed = [url for url in failed if url not in refused]
+            # singlehtml writes no search index; the search box is no part of a PDF
+            failed = [url for url in failed if url not in refused and not url.endswith("/searchindex.js")]
             if failed:
                 problems.append(f"requests failed: {failed[:5]}")
             if refused:
@@ -91,7 +107,7 @@ def print_pdf(site, pdf, chromium=CHROMIUM):
             if problems:
                 raise RuntimeError("cannot print the book faithfully:\n  " + "\n  ".join(problems))
             print(f"printing {facts['math']} formulas to {pdf} ...", flush=True)
-            page.pdf(path=str(pdf), format="A4", print_background=True, outline=True, timeout=0,
+            page.pdf(path=str(pdf), format="A4", print_background=True, outline=True,
                      margin={"top": "18mm", "bottom": "18mm", "left": "16mm", "right": "16mm"})
             browser.close()
     finally:
