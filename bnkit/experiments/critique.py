@@ -8,7 +8,7 @@
   deep linear network (25 layers of 10x10).
 - `landscape`: their loss-landscape probe: step along the gradient by 1/2
   to 4 times the learning rate; record the loss range, the gradient change
-  and the effective beta-smoothness.
+  and the effective smoothness K (their beta-smoothness; the key is "beta").
 """
 import copy
 
@@ -242,7 +242,7 @@ def landscape(steps=2000, lr=1.0, batch_size=60, probe_every=50, factors=(0.5, 1
 
     Returns {'plain': r, 'bn': r} with r = dict(step, loss_range (max - min
     of the loss over the probe), grad_change (max ||grad(w') - grad(w)||),
-    beta (effective beta-smoothness), test_acc (final)), arrays over probes.
+    beta (effective smoothness K, their beta-smoothness), test_acc (final)), arrays over probes.
     """
     data = load_digits()
     loss_fn = nn.CrossEntropyLoss()
