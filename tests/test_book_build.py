@@ -120,7 +120,9 @@ def notebook_chapters():
 
 def repository():
     config = yaml.safe_load((_book.ROOT / "_config.yml").read_text())
-    return config["repository"]["url"], config["repository"]["branch"], config["launch_buttons"]["binderhub_url"]
+    launch = config["launch_buttons"]
+    ui = {"classic": "tree", "jupyterlab": "lab/tree"}[launch["notebook_interface"]]
+    return config["repository"]["url"], config["repository"]["branch"], launch["binderhub_url"], ui
 
 
 def hrefs(page_html, css_class):
@@ -129,7 +131,7 @@ def hrefs(page_html, css_class):
 
 
 def test_every_chapter_page_carries_the_configured_buttons(book):
-    url, branch, binderhub = repository()
+    url, branch, binderhub, ui = repository()
     owner_repo = url.removeprefix("https://github.com/")
     chapters = notebook_chapters()
     assert len(chapters) >= 9, chapters
@@ -142,7 +144,7 @@ def test_every_chapter_page_carries_the_configured_buttons(book):
             "repository": url,
             "issues": f"{url}/issues/new?title=Issue%20on%20page%20%2F{chapter}.html&body=Your%20issue%20content%20here.",  # noqa: E501
             "edit": f"{url}/edit/{branch}/{chapter}.md",
-            "Binder": f"{binderhub}/v2/gh/{owner_repo}/{branch}?urlpath=tree/{chapter}.md",
+            "Binder": f"{binderhub}/v2/gh/{owner_repo}/{branch}?urlpath={ui}/{chapter}.md",
             ".md download": f"../_sources/{chapter}.md",
             ".ipynb download": f"../_sources/{chapter}.ipynb",
         }
@@ -170,7 +172,9 @@ def test_chapter_downloads_are_the_chapter_as_markdown_and_notebook(book):
         nbformat.validate(notebook)
         code = [c.source for c in notebook.cells if c.cell_type == "code"]
         assert code == [c.source for c in jupytext.reads(source, fmt="myst").cells if c.cell_type == "code"], chapter
-        assert any(c.outputs for c in notebook.cells if c.cell_type == "code"), f"{chapter}: not executed"
+        assert notebook.metadata["kernelspec"]["name"] == "python3", chapter
+        markdown = [c.source for c in notebook.cells if c.cell_type == "markdown"]
+        assert any(line.startswith("# ") for text in markdown for line in text.splitlines()), chapter
 
 
 def solution_and_hidden_lines(notebook):

@@ -147,4 +147,5 @@ def test_binder_declares_what_the_chapters_import():
 
     post_build = (ROOT / "binder" / "postBuild").read_text()
     assert "pip install --no-deps -e ." in post_build  # bnkit itself, from the clone
+    assert "jupytext-config set-default-viewer" in post_build  # .md chapters open as notebooks
     assert (ROOT / "binder" / "runtime.txt").read_text().strip() == "python-3.11"

@@ -3,9 +3,9 @@
 - The ``{bnkit-downloads}`` directive (book/downloads.md) writes the table of
   downloads, from _toc.yml and assignments/source/, so no list is typed twice:
   each chapter's source (``_sources/<page>.md``) and, for a notebook chapter,
-  its executed notebook (``_sources/<page>.ipynb``, which sphinx-book-theme
-  copies there for its download and Binder buttons); and the student version
-  of each assignment.
+  the same as a notebook (``_sources/<page>.ipynb``, where sphinx-book-theme's
+  download button points; written by jupytext at the end of the build); and
+  the student version of each assignment.
 - At the end of an HTML build, the student versions are made by
   ``nbgrader generate_assignment`` in a scratch copy of assignments/ (the
   course directory is never written to) and land in
@@ -83,7 +83,9 @@ def fill_downloads_tables(app, doctree, docname):
     here = builder.get_target_uri(docname)
 
     def link(target, text):
-        return f'<a class="reference download" href="{escape(relative_uri(here, target))}" download>{escape(text)}</a>'
+        # a phone may break a long file name after an underscore
+        name = escape(text).replace("_", "_<wbr>")
+        return f'<a class="reference download" href="{escape(relative_uri(here, target))}" download>{name}</a>'
 
     rows = []
     for name in toc_docnames(Path(app.confdir)):
@@ -91,7 +93,7 @@ def fill_downloads_tables(app, doctree, docname):
             continue
         suffix = Path(env.doc2path(name)).suffix
         files = [link(f"_sources/{name}{suffix}", Path(name).name + suffix)]
-        if "kernelspec" in env.metadata.get(name, {}):  # a notebook: its executed .ipynb too
+        if "kernelspec" in env.metadata.get(name, {}):  # a notebook: its .ipynb too
             files.append(link(f"_sources/{name}.ipynb", Path(name).name + ".ipynb"))
         rows.append([escape(env.titles[name].astext()), "<br>".join(files)])
     chapters = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -104,7 +106,7 @@ def fill_downloads_tables(app, doctree, docname):
     # the theme's scrolling box, as around every other table of the book
     html = ('<div class="pst-scrollable-table-container">'
             '<table class="table bnkit-downloads" id="chapter-downloads"><thead><tr><th>Chapter</th>'
-            '<th>Source (.md) and executed notebook (.ipynb)</th></tr></thead><tbody>'
+            '<th>Source (.md) and notebook (.ipynb)</th></tr></thead><tbody>'
             f'{chapters}</tbody></table></div>\n'
             '<div class="pst-scrollable-table-container">'
             '<table class="table bnkit-downloads" id="assignment-downloads"><thead><tr><th>Assignment</th>'
@@ -141,6 +143,26 @@ def release_assignments(course, dest):
             shutil.copytree(released, dest / name)
 
 
+def write_chapter_notebooks(app, exception):
+    """_sources/<page>.ipynb of every notebook chapter, converted from its
+    MyST Markdown by jupytext. sphinx-book-theme links that path from the
+    download button (and copies myst-nb's jupyter_execute notebook there, in
+    which outputs come and go with the execution cache): this replaces it
+    with the chapter exactly as written, to run from the top."""
+    if exception is not None or app.builder.name not in ("html", "dirhtml"):
+        return
+    import jupytext
+    import nbformat
+
+    for docname in sorted(app.env.found_docs):
+        if "kernelspec" not in app.env.metadata.get(docname, {}):
+            continue
+        notebook = jupytext.read(app.env.doc2path(docname), fmt="myst")
+        target = Path(app.outdir) / "_sources" / f"{docname}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, target)
+
+
 def write_student_notebooks(app, exception):
     if exception is not None or app.builder.name not in ("html", "dirhtml"):
         return
@@ -168,5 +190,6 @@ def setup(app):
     app.add_node(downloads_table)
     app.add_directive("bnkit-downloads", DownloadsDirective)
     app.connect("doctree-resolved", fill_downloads_tables)
+    app.connect("build-finished", write_chapter_notebooks)
     app.connect("build-finished", write_student_notebooks)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
