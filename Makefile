@@ -12,12 +12,13 @@ STAMP  := $(VENV)/.installed-stamp
 # pytest's own options for a run by hand, e.g. make test PYTEST_ARGS="-k staged"
 PYTEST_ARGS ?=
 
-.PHONY: all venv test test-fast lint book clean help mathjax chromium
+.PHONY: all venv test test-fast lint book pdf clean help mathjax chromium
 
 all: test
 
 help:
 	@echo "make book   build the book into _build/html (open _build/html/index.html)"
+	@echo "make pdf    the whole book as one PDF: _build/pdf/book.pdf"
 	@echo "make test   run every test"
 	@echo "make test-fast  every test but the slow ones (no book build, browser or nbgrader)"
 	@echo "make lint   ruff check (pyproject.toml's rules), as CI runs it first"
@@ -47,14 +48,25 @@ $(MATHJAX): package.json package-lock.json
 
 mathjax: $(MATHJAX)
 
-# Headless Chromium for the browser test: Debian's package (CI runs as root).
+# Headless Chromium for the browser test and make pdf, pdftotext for the PDF
+# test: Debian's packages (CI runs as root).
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) \
 	  || echo "warning: could not install chromium; the browser test will be skipped"
+	@test -x /usr/bin/pdftotext || (apt-get update -qq && apt-get install -y -qq poppler-utils) \
+	  || echo "warning: could not install poppler-utils; the PDF test will be skipped"
 
 book: $(STAMP) $(MATHJAX)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going --all
 	@echo "The book is in _build/html/index.html"
+
+# The whole book as one PDF, offline: the single-page HTML (same strict flags,
+# same execution cache as make book) printed by Debian's chromium once MathJax
+# has typeset it (book/_ext/book_pdf.py).
+pdf: $(STAMP) $(MATHJAX) chromium
+	$(VENV)/bin/jupyter-book build . --builder custom --custom-builder singlehtml -W -n --keep-going
+	$(PY) book/_ext/book_pdf.py _build/singlehtml _build/pdf/book.pdf
+	@echo "The book is in _build/pdf/book.pdf"
 
 test: $(STAMP) $(MATHJAX) chromium bwrap
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -9,7 +9,11 @@ The book is served from a localhost http.server. For each page:
 - every <img> has loaded (naturalWidth > 0);
 - every internal link points at an existing file and, with a #fragment, at
   an existing id in it.
-Screenshots of the derivation chapters go to test-artifacts/.
+At 1280 px (a laptop) and 390 px (a phone), every page is screenshotted to
+test-artifacts/screens/ and nothing may push the text column sideways: the
+page, the main containers and the article must not scroll horizontally, and
+no element may stick out of the column (wide equations, tables, code and
+outputs scroll inside their own box; book/_static/bnkit.css).
 
 Chromium is Debian's /usr/bin/chromium (`make test` installs it); Playwright
 never downloads a browser here.
@@ -35,7 +39,8 @@ CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-SCREENSHOTS = ["04_backward_graph", "05_backward_closed_form"]
+WIDTHS = {"desktop": 1280, "phone": 390}
+SCREENS = _book.ARTIFACTS / "screens"
 
 PAGE_CHECKS = """async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
@@ -52,6 +57,52 @@ PAGE_CHECKS = """async () => {
     images: document.images.length,
     links: [...document.querySelectorAll('a[href]')].map(a => a.href),
   };
+}"""
+
+
+# Horizontal overflow, measured in the page: the page and its main containers
+# must not be wider than their box, and no element may stick out of the
+# article column (or, for the theme's full-width and margin content, out of
+# the viewport) unless a scrolling box around it holds it.
+OVERFLOW = """() => {
+  const vw = document.documentElement.clientWidth;
+  const problems = [];
+  const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+      (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\\s+/).join('.') : '');
+  const root = document.scrollingElement || document.documentElement;
+  if (root.scrollWidth > vw + 1) problems.push(`the page scrolls sideways: ${root.scrollWidth} px wide in ${vw} px`);
+  for (const sel of ['body', '.bd-container', '.bd-main', '.bd-content']) {
+    for (const e of document.querySelectorAll(sel)) {
+      if (e.scrollWidth > e.clientWidth + 1) {
+        problems.push(`${sel} overflows: content ${e.scrollWidth} px in ${e.clientWidth} px`);
+      }
+    }
+  }
+  const article = document.querySelector('article.bd-article');
+  if (!article) return {problems, width: vw, article: false};
+  const column = article.getBoundingClientRect();
+  const WIDE = '.full-width, .tag_full-width, .margin, .sidebar';
+  const sticksOut = e => {
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) return false;
+    const [left, right] = e.closest(WIDE) ? [0, vw] : [Math.max(column.left, 0), Math.min(column.right, vw)];
+    return r.right > right + 1 || r.left < left - 1;
+  };
+  const inScrollBox = e => {
+    for (let a = e.parentElement; a && a !== article; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== 'visible') return true;
+    }
+    return false;
+  };
+  for (const e of article.querySelectorAll('*')) {
+    if (!sticksOut(e) || inScrollBox(e)) continue;
+    if (e.parentElement !== article && sticksOut(e.parentElement) && !inScrollBox(e.parentElement)) continue;
+    const r = e.getBoundingClientRect();
+    problems.push(`${name(e)} (${Math.round(r.left)}..${Math.round(r.right)} px, column ` +
+                  `${Math.round(column.left)}..${Math.round(column.right)}, viewport ${vw}): ` +
+                  JSON.stringify((e.textContent || '').trim().slice(0, 50)));
+  }
+  return {problems, width: vw, article: true};
 }"""
 
 
@@ -118,17 +169,26 @@ def check_page(context, url, base, root):
     return page, problems, facts
 
 
-def test_every_page_renders_offline_in_chromium(site):
+def skip_without_chromium():
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} is missing and could not be installed (`make test` runs "
                     "`apt-get install -y chromium` as root; run `make chromium` to see why it failed)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    skip_without_chromium()
     from playwright.sync_api import sync_playwright
 
-    base, root = site
-    pages = _book.html_pages(root)
-    assert len(pages) >= 11, pages
-    external, report, math_pages = [], {}, 0
-    _book.ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+def local_only(context):
+    """Refuse every request to another host; returns the list of refused URLs."""
+    external = []
 
     def block_external(route):
         if urlsplit(route.request.url).hostname not in LOCAL_HOSTS:
@@ -136,23 +196,62 @@ def test_every_page_renders_offline_in_chromium(site):
             return route.abort()
         return route.continue_()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.route("**/*", block_external)
-        for path in pages:
-            rel = path.relative_to(root).as_posix()
-            page, problems, facts = check_page(context, base + rel, base, root)
-            math_pages += facts["math"] > 0
-            if path.stem in SCREENSHOTS:
-                page.screenshot(path=str(_book.ARTIFACTS / f"book-{path.stem}.png"), full_page=True)
-            page.close()
-            if problems:
-                report[rel] = problems
-        browser.close()
+    context.route("**/*", block_external)
+    return external
+
+
+def test_every_page_renders_offline_in_chromium(site, browser):
+    base, root = site
+    pages = _book.html_pages(root)
+    assert len(pages) >= 11, pages
+    report, math_pages = {}, 0
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    external = local_only(context)
+    for path in pages:
+        rel = path.relative_to(root).as_posix()
+        page, problems, facts = check_page(context, base + rel, base, root)
+        math_pages += facts["math"] > 0
+        page.close()
+        if problems:
+            report[rel] = problems
+    context.close()
 
     assert not external, f"requests to non-local hosts (blocked): {sorted(set(external))}"
     assert not report, "\n".join(f"{page}:\n  " + "\n  ".join(p) for page, p in report.items())
     assert math_pages >= 5, f"only {math_pages} pages have math: is MathJax running?"
-    for name in SCREENSHOTS:
-        assert (_book.ARTIFACTS / f"book-{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("device", list(WIDTHS))
+def test_no_page_overflows_its_column_and_every_page_is_screenshotted(site, browser, device):
+    base, root = site
+    width = WIDTHS[device]
+    out = SCREENS / f"{width}px"
+    out.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": width, "height": 900 if width > 600 else 844})
+    local_only(context)
+    report, shots = {}, []
+    for path in _book.html_pages(root):
+        rel = path.relative_to(root).as_posix()
+        page = context.new_page()
+        page.goto(base + rel, wait_until="networkidle")
+        page.evaluate(PAGE_CHECKS)  # MathJax typeset, fonts loaded: the final layout
+        measured = page.evaluate(OVERFLOW)
+        assert measured["width"] <= width
+        if path.parent == root / "book":
+            assert measured["article"], f"{rel} has no article.bd-article: the overflow check cannot see it"
+        if path.parent == root / "book" or path.name == "index.html":
+            shot = out / f"{path.stem}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            shots.append(shot)
+        page.close()
+        if measured["problems"]:
+            report[rel] = measured["problems"]
+    context.close()
+
+    chapters = [f for f in _book.toc_files() if f.startswith("book/")]
+    for chapter in chapters:
+        shot = out / f"{Path(chapter).name}.png"
+        assert shot in shots and shot.stat().st_size > 10_000, f"no screenshot of {chapter} at {width} px"
+    print(f"{len(shots)} screenshots at {width} px in {out}")
+    assert not report, f"horizontal overflow at {width} px (screenshots in {out}):\n" + "\n".join(
+        f"{page}:\n  " + "\n  ".join(p[:8]) for page, p in report.items())

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from bs4 import BeautifulSoup
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _book  # noqa: E402
@@ -94,6 +96,9 @@ def test_a_cell_that_raises_fails_the_build(tmp_path):
     shutil.copy(_book.ROOT / "_config.yml", tmp_path)
     shutil.copy(_book.ROOT / "references.bib", tmp_path)
     (tmp_path / "book" / "_extra").mkdir(parents=True)
+    for local in ("_ext", "_static"):  # the book's own Sphinx extension and CSS
+        shutil.copytree(_book.ROOT / "book" / local, tmp_path / "book" / local,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
     (tmp_path / "book" / "intro.md").write_text(
         "---\njupytext:\n  text_representation:\n    format_name: myst\n"
@@ -102,3 +107,113 @@ def test_a_cell_that_raises_fails_the_build(tmp_path):
     returncode, log = _book.run_build(tmp_path, timeout=600)
     assert returncode != 0, log[-3000:]
     assert "ZeroDivisionError" in log, log[-3000:]
+
+
+# ---- Buttons and downloads (what _config.yml's html:, launch_buttons: and
+# book/_ext/bnkit_book.py put on the pages)
+
+def notebook_chapters():
+    """The toc's documents that are notebooks (a kernelspec in their front matter)."""
+    front_matter = {f: (_book.ROOT / f"{f}.md").read_text().split("\n---", 1)[0] for f in _book.toc_files()}
+    return [f for f, text in front_matter.items() if "\nkernelspec:" in text]
+
+
+def repository():
+    config = yaml.safe_load((_book.ROOT / "_config.yml").read_text())
+    launch = config["launch_buttons"]
+    ui = {"classic": "tree", "jupyterlab": "lab/tree"}[launch["notebook_interface"]]
+    return config["repository"]["url"], config["repository"]["branch"], launch["binderhub_url"], ui
+
+
+def hrefs(page_html, css_class):
+    soup = BeautifulSoup(page_html, "html.parser")
+    return [a.get("href") for a in soup.select(f"a.{css_class}, button.{css_class}")]
+
+
+def test_every_chapter_page_carries_the_configured_buttons(book):
+    url, branch, binderhub, ui = repository()
+    owner_repo = url.removeprefix("https://github.com/")
+    chapters = notebook_chapters()
+    assert len(chapters) >= 9, chapters
+    problems = []
+    for chapter in chapters:
+        html = (book.html / f"{chapter}.html").read_text()
+        soup = BeautifulSoup(html, "html.parser")
+        links = {a.get("href") for a in soup.find_all("a")}
+        expected = {
+            "repository": url,
+            "issues": f"{url}/issues/new?title=Issue%20on%20page%20%2F{chapter}.html&body=Your%20issue%20content%20here.",  # noqa: E501
+            "edit": f"{url}/edit/{branch}/{chapter}.md",
+            "Binder": f"{binderhub}/v2/gh/{owner_repo}/{branch}?urlpath={ui}/{chapter}.md",
+            ".md download": f"../_sources/{chapter}.md",
+            ".ipynb download": f"../_sources/{chapter}.ipynb",
+        }
+        problems += [f"{chapter}: no {what} button ({href})" for what, href in expected.items() if href not in links]
+        for button in ("fullscreen-button", "download-pdf-button", "download-source-button",
+                       "download-notebook-button", "source-repository-button", "source-edit-button",
+                       "source-issues-button"):
+            if not soup.select(f".btn-{button}"):
+                problems.append(f"{chapter}: no .btn-{button}")
+        # every download the buttons offer is there
+        for href in (expected[".md download"], expected[".ipynb download"]):
+            if not (book.html / chapter).parent.joinpath(href).resolve().is_file():
+                problems.append(f"{chapter}: {href} is not in the build")
+    assert not problems, "\n".join(problems)
+
+
+def test_chapter_downloads_are_the_chapter_as_markdown_and_notebook(book):
+    import jupytext
+    import nbformat
+
+    for chapter in notebook_chapters():
+        source = (_book.ROOT / f"{chapter}.md").read_text()
+        assert (book.html / "_sources" / f"{chapter}.md").read_text() == source, chapter
+        notebook = nbformat.read(book.html / "_sources" / f"{chapter}.ipynb", as_version=4)
+        nbformat.validate(notebook)
+        code = [c.source for c in notebook.cells if c.cell_type == "code"]
+        assert code == [c.source for c in jupytext.reads(source, fmt="myst").cells if c.cell_type == "code"], chapter
+        assert notebook.metadata["kernelspec"]["name"] == "python3", chapter
+        markdown = [c.source for c in notebook.cells if c.cell_type == "markdown"]
+        assert any(line.startswith("# ") for text in markdown for line in text.splitlines()), chapter
+
+
+def solution_and_hidden_lines(notebook):
+    """The non-trivial lines found only inside the solution and hidden-test
+    regions of a source notebook (a line also written outside them is no secret)."""
+    region = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.S)
+    inside, outside = set(), set()
+    for cell in notebook.cells:
+        for _, body in region.findall(cell.source):
+            inside.update(line.strip() for line in body.splitlines() if len(line.strip()) >= 12)
+        outside.update(line.strip() for line in region.sub("", cell.source).splitlines())
+    return inside - outside
+
+
+def test_the_student_notebooks_are_downloadable_without_solutions_or_hidden_tests(book):
+    import nbformat
+
+    downloads_page = (book.html / "book" / "downloads.html").read_text()
+    offered = set(hrefs(downloads_page, "download"))
+    sources = sorted((_book.ROOT / "assignments" / "source").glob("*/*.ipynb"))
+    assert len(sources) >= 4, sources
+    for source in sources:
+        name = f"{source.parent.name}/{source.name}"
+        href = f"../downloads/assignments/{name}"
+        assert href in offered, f"the downloads page does not offer {name}: {sorted(offered)}"
+        released = (book.html / "book" / href).resolve()
+        assert released.is_file(), released
+        text = released.read_text()
+        for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+            assert marker not in text, f"{name}: {marker}"
+        secret = solution_and_hidden_lines(nbformat.read(source, as_version=4))
+        assert secret, f"{name}: the source has no solution or hidden test to hide?"
+        student = nbformat.read(released, as_version=4)
+        student_lines = {line.strip() for c in student.cells for line in c.source.splitlines()}
+        leaked = sorted(secret & student_lines)
+        assert not leaked, f"{name} shows solution or hidden-test lines: {leaked[:5]}"
+        assert "raise NotImplementedError" in text, f"{name}: no stub for the student to fill in"
+        assert len(student.cells) == len(nbformat.read(source, as_version=4).cells)
+        assert not any(c.get("outputs") for c in student.cells if c.cell_type == "code"), f"{name} has outputs"
+    # and every chapter's downloads are offered too
+    for chapter in notebook_chapters():
+        assert f"../_sources/{chapter}.ipynb" in offered and f"../_sources/{chapter}.md" in offered, chapter

@@ -22,6 +22,36 @@ class Data:
         return 10
 
 
+# One figure style for the whole book. A figure is drawn FIGURE_WIDTH inches
+# wide at DPI, i.e. as wide in pixels as the book's text column (about 690 px
+# at a 1280 px window), so it is shown unscaled and 11 pt text in it (17 px)
+# is no smaller than the body text (16 px). Multi-panel figures use the same
+# width and stack panels rather than shrink them.
+FIGURE_WIDTH = 6.3
+DPI = 110
+BOOK_STYLE = {
+    "figure.dpi": DPI,
+    "figure.figsize": (FIGURE_WIDTH, 3.6),
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 11,
+    "figure.titlesize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.constrained_layout.use": True,
+}
+
+
+def book_style():
+    """Apply the book's matplotlib style (every chapter calls this once)."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(BOOK_STYLE)
+
+
 def setup(seed):
     """Seed torch and numpy and run single-threaded: tiny networks train
     several times faster on one thread, and results do not depend on how

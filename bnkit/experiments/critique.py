@@ -8,7 +8,7 @@
   deep linear network (25 layers of 10x10).
 - `landscape`: their loss-landscape probe: step along the gradient by 1/2
   to 4 times the learning rate; record the loss range, the gradient change
-  and the effective beta-smoothness.
+  and the effective smoothness K (their beta-smoothness; the key is "beta").
 """
 import copy
 
@@ -242,7 +242,7 @@ def landscape(steps=2000, lr=1.0, batch_size=60, probe_every=50, factors=(0.5, 1
 
     Returns {'plain': r, 'bn': r} with r = dict(step, loss_range (max - min
     of the loss over the probe), grad_change (max ||grad(w') - grad(w)||),
-    beta (effective beta-smoothness), test_acc (final)), arrays over probes.
+    beta (effective smoothness K, their beta-smoothness), test_acc (final)), arrays over probes.
     """
     data = load_digits()
     loss_fn = nn.CrossEntropyLoss()
@@ -266,3 +266,50 @@ def landscape(steps=2000, lr=1.0, batch_size=60, probe_every=50, factors=(0.5, 1
         out[name] = {k: np.array(v) for k, v in r.items()}
         out[name]["test_acc"] = evaluate(model, data)
     return out
+
+
+def ics_lr_sweep(lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), steps=500, measure_every=10, batch_size=100,
+                 depth=25, width=10, layers=(5, 12, 20), seed=0, progress=False):
+    """The ICS measure of `ics_deep_linear` at several learning rates.
+
+    For each rate, both networks (with and without BN, same seed and batches)
+    train for `steps` SGD steps and are measured every `measure_every` steps
+    (step 0, the random start, excluded from the statistics). Returns a list
+    of dicts, one per (lr, network), with keys lr, net ('plain' or 'bn'),
+    cos_mean, cos_min (over layers and measurements), l2_mean, rel_mean,
+    loss_start, loss_end (training loss on the batches measured) and diverged
+    (the loss became inf/nan; the statistics then cover the steps before).
+    """
+    x, y = gaussian_regression(width=width, seed=seed)
+    loss_fn = nn.MSELoss()
+    rows = []
+    for lr in lrs:
+        for name, bn in (("plain", False), ("bn", True)):
+            setup(seed)
+            model = deep_linear(depth, width, bn)
+            say = Progress(progress, f"ics sweep lr={lr:g} {name}")
+            ics, losses = [], []
+            diverged = False
+
+            def measure(step, xb, yb):
+                with torch.no_grad():
+                    losses.append(loss_fn(model(xb), yb).item())
+                if step > 0 and np.isfinite(losses[-1]):
+                    ics.append(ics_measure(model, loss_fn, xb, yb, lr, layers))
+                if step % (10 * measure_every) == 0:
+                    say(f"step {step:5d}  loss {losses[-1]:.4g}")
+
+            try:
+                sgd_with_probes(model, loss_fn, x, y, steps=steps, lr=lr, batch_size=batch_size,
+                                probe_every=measure_every, seed=seed, probe=measure)
+            except FloatingPointError:
+                pass
+            a = np.array(ics, dtype=float).reshape(-1, len(layers), 3)
+            finite = np.all(np.isfinite(a), axis=(1, 2))
+            diverged = not np.isfinite(losses[-1]) or not finite.all()
+            a = a[finite]
+            rows.append(dict(lr=lr, net=name, cos_mean=float(a[..., 2].mean()), cos_min=float(a[..., 2].min()),
+                             l2_mean=float(a[..., 0].mean()), rel_mean=float(a[..., 1].mean()),
+                             loss_start=losses[0], loss_end=losses[-1], diverged=diverged,
+                             n_measurements=int(a.shape[0] * a.shape[1])))
+    return rows
