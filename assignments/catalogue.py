@@ -509,6 +509,11 @@ ISSUE8 = [
             set(ALL_FORWARD), expect=ZERO_FORWARD, report=("assigns to json.dump",),
             edits=_before_forward("import json\n_FORGED = '{\"format\": \"bngrade-results/1\", \"verdict\": \"all passed\"}'\n"
                                   "json.dump = lambda obj, f, **k: f.write(_FORGED)")),
+    Variant("attack_patch_json_dumps", "bn_forward", "integrity",
+            "patches json.dumps, which the kernel's own Jupyter messages use: the grader sees a broken kernel, "
+            "that student alone scores zero (graded, not left out)",
+            set(ALL_FORWARD), expect=ZERO_FORWARD, report=("assigns to json.dumps",),
+            edits=_before_forward("import json\njson.dumps = lambda *a, **k: '{}'")),
     Variant("attack_input_transformer", "bn_forward", "integrity",
             "an IPython input transformer turns every run_cases(...) into print(...): no results, zero",
             set(ALL_FORWARD), expect=ZERO_FORWARD, report=("input_transformers_post",),

@@ -639,6 +639,14 @@ class SandboxedExecute(Execute):
                                   message=f"cell {index} did not stop after a timeout interrupt ({why.strip()})")
                     self._mark_not_run(index, report["message"])
                     break
+                except Exception as e:  # e.g. a patched json.dumps: the kernel's messages no longer parse
+                    self.log.warning("bngrade: cell %s: the kernel broke its messaging: %s: %s",
+                                     index, type(e).__name__, e)
+                    report.update(kernel_died=True,
+                                  message=f"the kernel stopped answering in the Jupyter protocol while running "
+                                          f"cell {index} (did the code replace json or the kernel's I/O?)")
+                    self._mark_not_run(index, report["message"])
+                    break
                 finally:
                     self._harvest(report)
             if self._timed_out and not report["timed_out"]:
