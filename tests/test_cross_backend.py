@@ -6,12 +6,11 @@ Backends: numpy staged, numpy fast, the numpy BatchNorm layer, the torch
 Function (`bnkit.torch.batch_norm`) and the Triton wrappers
 (`bnkit.triton_kernels.batch_norm`, and `bnkit.triton_fused.batch_norm` on
 each of its paths; without a GPU in Triton's interpreter, TRITON_INTERPRET=1
-set here before triton is imported, on CPU tensors).
+set by conftest.py before triton is imported, on CPU tensors).
 Triton runs in float32, the others in float64; the reference is staged.
 """
 import functools
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -21,9 +20,7 @@ from bnkit import BatchNorm, conventions, fast, staged
 from bnkit import torch as bt
 
 CUDA = torch.cuda.is_available()
-if not CUDA and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is imported
-try:
+try:  # conftest.py set TRITON_INTERPRET=1 before this import where there is no GPU
     import triton  # noqa: F401
     TRITON = CUDA or os.environ.get("TRITON_INTERPRET") == "1"
 except ImportError:

@@ -1,32 +1,21 @@
 """bnkit.triton_fused's paths (fused one-launch, split + flat, eval) against torch in float64.
 
 Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1,
-set here before triton is imported) on CPU tensors, so the shapes are small;
+set by conftest.py before triton is imported) on CPU tensors, so the shapes are small;
 every path is forced explicitly, so each one is covered whatever `plan`
 would choose. With CUDA they run compiled, and one test also runs the
 benchmark's sizes.
 """
-import os
-import sys
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed: the Triton kernels need it")
+from _triton import CUDA, DEVICE, torch  # first: skips the module without Triton
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
-        pytest.skip("triton was imported before interpreter mode could be set, and there is no GPU",
-                    allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
-pytest.importorskip("triton", reason="triton is not installed: bnkit's Triton kernels cannot run")
+import torch.nn.functional as F
 
-import torch.nn.functional as F  # noqa: E402
+from bnkit import triton_fused as tf
+from bnkit import triton_kernels as tk
 
-from bnkit import triton_fused as tf  # noqa: E402
-from bnkit import triton_kernels as tk  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 PATHS = ["fused", "split"]
 
 # (shape, channels_last): every layout and shape class of the fused kernels

@@ -1,31 +1,20 @@
 """bnkit's Triton kernels against torch (float64) and bnkit.fast.
 
 Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1,
-set here before bnkit.triton_kernels is imported) on CPU tensors, so the
+set by conftest.py before triton is imported) on CPU tensors, so the
 shapes are small. With CUDA they run compiled, on the GPU.
 """
-import os
-import sys
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed: the Triton kernels need it")
+from _triton import DEVICE, torch  # first: skips the module without Triton
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
-        pytest.skip("triton was imported before interpreter mode could be set, and there is no GPU",
-                    allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
-pytest.importorskip("triton", reason="triton is not installed: bnkit's Triton kernels cannot run")
+import torch.nn.functional as F
 
-import torch.nn.functional as F  # noqa: E402
+from bnkit import fast
+from bnkit import triton_kernels as tk
 
-from bnkit import fast  # noqa: E402
-from bnkit import triton_kernels as tk  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 
 # (shape, axis, channels_last): every layout, C from 1 to > one tile of channels
 CASES = [

@@ -1,27 +1,15 @@
 """bnkit.nn.BatchNorm2d against torch.nn.BatchNorm2d: the same sequence of
 train and eval steps gives the same outputs, gradients, running statistics
 and counts. Without a GPU the kernels run in Triton's interpreter."""
-import os
-import sys
 import warnings
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed")
+from _triton import DEVICE, torch  # first: skips the module without Triton
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
-        pytest.skip("triton was imported before interpreter mode could be set, and there is no GPU",
-                    allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
-pytest.importorskip("triton", reason="triton is not installed: bnkit's Triton kernels cannot run")
+from torch import nn
 
-from torch import nn  # noqa: E402
-
-from bnkit.nn import BatchNorm2d, convert_batchnorm, triton_unavailable  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
+from bnkit.nn import BatchNorm2d, convert_batchnorm, triton_unavailable
 
 
 def batches(n, shape, channels_last, seed=0, dtype=torch.float32):

@@ -2,24 +2,13 @@
 kernels in the interpreter): it runs, writes its JSON, and bnkit's Triton
 BN trains to torch's losses. No timing is asserted."""
 import json
-import os
-import sys
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed")
+from _triton import DEVICE, torch  # first: skips the module without Triton
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
-        pytest.skip("triton was imported before interpreter mode could be set, and there is no GPU",
-                    allow_module_level=True)
-    os.environ["TRITON_INTERPRET"] = "1"  # read when triton is imported
-pytest.importorskip("triton", reason="triton is not installed: bnkit's Triton kernels cannot run")
+from bnkit.experiments import train_step
 
-from bnkit.experiments import train_step  # noqa: E402
-
-DEVICE = "cuda" if CUDA else "cpu"
 TINY = dict(channels=(4,), batch=6, image=4, batches=2)
 
 
