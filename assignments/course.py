@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import catalogue  # noqa: E402
+from bngrade.autograde import gradebook_scores as scores, table  # noqa: E402,F401 (one grade table)
 
 ASSIGNMENTS = ["bn_forward", "bn_backward_graph", "bn_backward_fast", "bn_spatial_layernorm"]
 MARKERS = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n", re.M)
@@ -226,23 +227,6 @@ def check_submissions(course, assignment):
     return problems
 
 
-def scores(course, assignment):
-    """{student: {grade id: (score, max score)}} from gradebook.db; score is None
-    where a written answer still waits for manual grading."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    result = {}
-    with Gradebook(f"sqlite:///{Path(course) / 'gradebook.db'}") as gb:
-        for student in gb.students:
-            try:
-                sub = gb.find_submission(assignment, student.id)
-            except MissingEntry:
-                continue
-            result[student.id] = {g.name: (None if g.needs_manual_grade else g.score, g.max_score)
-                                  for nb in sub.notebooks for g in nb.grades}
-    return result
-
-
 def reports(course, assignment):
     """{student: report text} of the integrity reports that have something to look at."""
     out = {}
@@ -251,23 +235,6 @@ def reports(course, assignment):
         if not text.rstrip().endswith("nothing to report"):
             out[path.parent.name] = out.get(path.parent.name, "") + text
     return out
-
-
-def table(course, assignment):
-    """The grade table as text: one row per student, one column per test."""
-    sc = scores(course, assignment)
-    tests = sorted({t for row in sc.values() for t in row})
-    width = max([len(s) for s in sc] + [7])
-    lines = [f"{'student':<{width}}  " + "  ".join(tests) + "  total"]
-    for student in sorted(sc):
-        row = sc[student]
-        cols = [("-" if t not in row else "?" if row[t][0] is None else f"{row[t][0]:g}") +
-                (f"/{row[t][1]:g}" if t in row else "") for t in tests]
-        cols = [c.rjust(len(t)) for c, t in zip(cols, tests)]
-        total = sum(v[0] for v in row.values() if v[0] is not None)
-        top = sum(v[1] for v in row.values() if v[0] is not None)
-        lines.append(f"{student:<{width}}  " + "  ".join(cols) + f"  {total:g}/{top:g}")
-    return "\n".join(lines)
 
 
 def demo(dest):
