@@ -197,11 +197,36 @@ def merge(course, assignment, results, students=None):
     if students:
         args += students
     proc = subprocess.run(args, cwd=course, env=_env(), capture_output=True, text=True)
-    for student in students or submitted_students(course, assignment):
-        report = results / student / assignment / "reports"
-        if report.is_dir():
-            shutil.copytree(report, course / "reports" / assignment / student, dirs_exist_ok=True)
+    _copy_reports(course, assignment, results, students or submitted_students(course, assignment))
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def start_merge(course, assignment, results):
+    """A merge process that replays each student named on its stdin, as they arrive (see `run`)."""
+    log = tempfile.TemporaryFile(mode="w+")
+    args = [sys.executable, "-m", "bngrade.autograde", "_merge_in_nbgrader", assignment, str(results), "-"]
+    proc = subprocess.Popen(args, cwd=course, env=_env(), stdin=subprocess.PIPE, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    proc.log_file = log
+    return proc
+
+
+def finish_merge(proc, course, assignment, results, students):
+    """Close a `start_merge` process's input, wait for it; returns (rc, log)."""
+    proc.stdin.close()
+    rc = proc.wait()
+    proc.log_file.seek(0)
+    log = proc.log_file.read()
+    proc.log_file.close()
+    _copy_reports(course, assignment, results, students)
+    return rc, log
+
+
+def _copy_reports(course, assignment, results, students):
+    for student in students:
+        report = Path(results) / student / assignment / "reports"
+        if report.is_dir():
+            shutil.copytree(report, Path(course) / "reports" / assignment / student, dirs_exist_ok=True)
 
 
 def _merge_in_nbgrader(assignment, results, students):
@@ -210,9 +235,12 @@ def _merge_in_nbgrader(assignment, results, students):
     from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, SaveAutoGrades
     from traitlets.config import Config
 
-    ids = students or ["*"]
+    # "-": the names arrive on stdin, one a line, while the workers still grade others
+    ids = (line.strip() for line in sys.stdin) if students == ["-"] else students or ["*"]
     rc = 0
     for student in ids:
+        if not student:
+            continue
         app = AutogradeApp()
         app.initialize([assignment, "--force", f"--student={student}"])
         extra = Config()
@@ -245,7 +273,8 @@ def _status(result):
 
 
 def run(course, assignment, jobs=None, students=None, keep=None, quiet=False):
-    """Grade the submissions `jobs` at a time, then merge; returns (rc, {student: result}, merge log)."""
+    """Grade the submissions `jobs` at a time, merging each into the gradebook as it is done;
+    returns (rc, {student: result}, merge log)."""
     from tqdm import tqdm
 
     course = Path(course).resolve()
@@ -255,8 +284,11 @@ def run(course, assignment, jobs=None, students=None, keep=None, quiet=False):
         raise SystemExit(f"no submissions in {course}/submitted/*/{assignment}")
     out = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="bngrade-results-"))
     _preload()
-    results = {}
+    results, merger = {}, None
     try:
+        # The gradebook takes one writer: one merge process replays each student into it as soon as
+        # that student's result is in, while the workers grade the others (the merge overlaps them).
+        merger = start_merge(course, assignment, out)
         # fork: the workers start with nbgrader, bnkit and the course config already imported
         with multiprocessing.get_context("fork").Pool(jobs) as pool, tqdm(
                 total=len(students), desc=f"autograde {assignment}", unit="student", disable=quiet,
@@ -264,17 +296,21 @@ def run(course, assignment, jobs=None, students=None, keep=None, quiet=False):
             tasks = [(str(course), assignment, s, str(out)) for s in students]
             for result in pool.imap_unordered(_grade_task, tasks):
                 results[result["student"]] = result
+                merger.stdin.write(result["student"] + "\n")
+                merger.stdin.flush()
                 bar.set_postfix_str(f"{result['student']}: {_status(result)}")
                 bar.write(f"  {result['student']:<28} {_status(result)}  ({result.get('seconds', 0):.1f} s)")
                 bar.update()
         if not quiet:
-            print(f"merging {len(students)} results into {course / 'gradebook.db'} (nbgrader, one at a time)",
+            print(f"finishing the merge into {course / 'gradebook.db'} (nbgrader, one student at a time)",
                   flush=True)
-        every = set(students) == set(submitted_students(course, assignment))
         t_merge = time.monotonic()
-        rc, log = merge(course, assignment, out, None if every else students)
-        run.last_merge_seconds = round(time.monotonic() - t_merge, 2)
+        rc, log = finish_merge(merger, course, assignment, out, students)
+        run.last_merge_seconds = round(time.monotonic() - t_merge, 2)  # the part not overlapped
     finally:
+        if merger is not None and merger.poll() is None:  # interrupted: stop the merge too
+            merger.kill()
+            merger.wait()
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
     return rc, results, log
@@ -354,7 +390,8 @@ def bench(src, assignment, n, out):
             wall = time.monotonic() - t0
             per = [r["seconds"] for r in results.values() if "seconds" in r]
             figures["runs"][f"jobs{jobs}"] = dict(
-                wall_seconds=round(wall, 2), merge_seconds=run.last_merge_seconds,
+                # the merge overlaps the grading; merge_tail_seconds is what is left of it at the end
+                wall_seconds=round(wall, 2), merge_tail_seconds=run.last_merge_seconds,
                 grading_seconds=round(wall - run.last_merge_seconds, 2), merge_rc=rc,
                 graded=sum(r.get("ok", False) for r in results.values()),
                 median_seconds_per_submission=round(statistics.median(per), 3) if per else None,
