@@ -55,7 +55,7 @@ import triton.language as tl
 from . import conventions
 from . import triton_kernels as tk
 from .torch import check_batch_norm_args, momentum_factor_
-from .triton_kernels import _sum_ab, _tile, _update_running
+from .triton_kernels import _merge_partials, _sum_ab, _tile, _update_running
 
 # Per shape class: 'runs' is NCHW (B > 1: one channel per fused program,
 # tiles long along the contiguous H*W runs); 'rows' is (N, D) and
@@ -268,15 +268,7 @@ def _split_stats_kernel(x_ptr, part_ptr, ticket_ptr, w_ptr, rm_ptr, rv_ptr, stat
             q_mean = tl.load(part_ptr + idx, mask=m, other=0.0, cache_modifier=".cg")
             q_m2 = tl.load(part_ptr + plane + idx, mask=m, other=0.0, cache_modifier=".cg")
             q_n = tl.load(part_ptr + 2 * plane + idx, mask=m, other=0.0, cache_modifier=".cg")
-            n = tl.sum(q_n, axis=0)  # a block of BS partials merged exactly, then Chan-merged into the total
-            b_mean = tl.sum(q_n * q_mean, axis=0) / tl.maximum(n, 1.0)
-            dev = tl.where(m, q_mean - b_mean[None, :], 0.0)
-            b_m2 = tl.sum(q_m2, axis=0) + tl.sum(q_n * dev * dev, axis=0)
-            total = tl.maximum(count + n, 1.0)
-            delta = b_mean - mean
-            mean += delta * (n / total)
-            m2 += b_m2 + delta * delta * (count * (n / total))
-            count += n
+            mean, m2, count = _merge_partials(mean, m2, count, q_mean, q_m2, q_n)
         _store_stats(mean, m2, count, shift, c, keep, C, w_ptr, rm_ptr, rv_ptr, stats_ptr, eps, factor,
                      HAS_W, HAS_RUNNING)
 

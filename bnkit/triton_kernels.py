@@ -144,6 +144,22 @@ def _stats_partial_kernel(x_ptr, mean_part, m2_part, cnt_part, A, C, B, tiles_b,
 
 
 @triton.jit
+def _merge_partials(mean, m2, count, p_mean, p_m2, p_n):
+    """(mean, m2, count) with a (BS, BC) block of per-split partials Chan-merged in.
+
+    The block is merged exactly first (masked lanes load n = 0 and drop out),
+    then into the running total, so the order of the splits fixes the result.
+    """
+    n = tl.sum(p_n, axis=0)
+    b_mean = tl.sum(p_n * p_mean, axis=0) / tl.maximum(n, 1.0)
+    dev = p_mean - b_mean[None, :]
+    b_m2 = tl.sum(p_m2, axis=0) + tl.sum(p_n * dev * dev, axis=0)
+    total = tl.maximum(count + n, 1.0)
+    delta = b_mean - mean
+    return mean + delta * (n / total), m2 + b_m2 + delta * delta * (count * (n / total)), count + n
+
+
+@triton.jit
 def _stats_final_kernel(mean_part, m2_part, cnt_part, splits, C, w_ptr, b_ptr, rm_ptr, rv_ptr,
                         mean_ptr, invstd_ptr, scale_ptr, shift_ptr, eps, factor,
                         HAS_RUNNING: tl.constexpr, BS: tl.constexpr, BC: tl.constexpr):
@@ -159,16 +175,7 @@ def _stats_final_kernel(mean_part, m2_part, cnt_part, splits, C, w_ptr, b_ptr, r
         p_mean = tl.load(mean_part + idx, mask=m, other=0.0)
         p_m2 = tl.load(m2_part + idx, mask=m, other=0.0)
         p_n = tl.load(cnt_part + idx, mask=m, other=0.0)
-        # a block of BS partials merged exactly, then Chan-merged into the total
-        n = tl.sum(p_n, axis=0)
-        b_mean = tl.sum(p_n * p_mean, axis=0) / tl.maximum(n, 1.0)
-        dev = p_mean - b_mean[None, :]
-        b_m2 = tl.sum(p_m2, axis=0) + tl.sum(p_n * dev * dev, axis=0)
-        total = tl.maximum(count + n, 1.0)
-        delta = b_mean - mean
-        mean += delta * (n / total)
-        m2 += b_m2 + delta * delta * (count * (n / total))
-        count += n
+        mean, m2, count = _merge_partials(mean, m2, count, p_mean, p_m2, p_n)
     count = tl.maximum(count, 1.0)  # only padding lanes (c >= C) have no values
     var = m2 / count
     invstd = 1.0 / tl.sqrt(var + eps)
