@@ -2,75 +2,61 @@
 
 `SandboxedExecute` replaces nbgrader's `Execute` in the course config, so
 plain `nbgrader autograde` (and the formgrader's button) run every student's
-notebook in a fresh sandbox. What the kernel sees:
+notebook in a fresh sandbox. The modules, one job each:
 
-- a root built from nothing (bwrap's tmpfs, remounted read-only) with only
-  /usr, /etc and the merged-/usr links bound read-only; /work, /root, /home,
-  /tmp, /opt of the host (the course, the repository, the venv) do not exist;
-- the interpreter's own tree (`sys.base_prefix`) read-only, its site-packages
-  hidden under an empty tmpfs;
-- `/opt/bngrade/site`: read-only binds of exactly the distributions that
-  numpy and ipykernel need (resolved from their metadata at run time), the
-  kernel-side `bngrade` modules (`__init__`, `harness`, `cases`) and a
-  minimal `bnkit` holding only `gradcheck.py`; torch, triton, nbgrader and
-  bnkit's reference are never bound (checked, see `FORBIDDEN`);
-- `/sandbox`: one size-capped tmpfs holding HOME (`/sandbox/home`), the work
-  directory (`/sandbox/work`, a copy of that student's autograded directory,
-  made inside by the bootstrap) and `$BNGRADE_RESULTS` (`/sandbox/results`);
-  a size-capped private /tmp; nothing the kernel writes reaches the host disk;
-- the IPC sockets and connection file in a private directory bound at the
-  same path as on the host (zmq over `ipc://`, no network namespace needed);
-- namespaces: pid, net, ipc, uts (`--unshare-*`), `--new-session`,
-  `--die-with-parent`; as root, `setpriv` drops to an unprivileged uid with
-  no capabilities (so RLIMIT_NPROC holds), and the bootstrap sets rlimits on
-  address space (`memory_limit_mb`), processes, file size, open files, core.
+- sandbox_policy.py: WHAT the kernel sees and may do (mounts, environment,
+  denied syscalls, limits, time budget), as one declaration to audit;
+- sandbox_bwrap.py: bwrap's argv and the kernel's bootstrap;
+- sandbox_seccomp.py: the seccomp filter, compiled at run time (libseccomp);
+- sandbox_cgroup.py: one cgroup per sandbox (total memory, processes, CPU);
+- sandbox_files.py: the submission copied by content, the results read by
+  descriptor, the bounded IPC directory;
+- this file: the kernel's lifecycle (start, cells, time budget, retry, stop)
+  and the harvest of results.
 
 Decisions (the design leaves them to this module):
 - The uid is `uid_base + pid % 20000` of the grading process, so two parallel
-  graders do not share one RLIMIT_NPROC count (a fork bomb in one slot cannot
-  starve the other's threads).
+  graders do not share one RLIMIT_NPROC count.
 - Results are read by the grader *from the live sandbox*, through
   `/proc/<init pid>/root/sandbox/results`, after every cell (so a kernel that
-  dies later keeps what it wrote) and before the kernel is stopped. Every path
-  component is opened with O_NOFOLLOW relative to the previous one, so a
-  symlink planted by the student cannot redirect the grader's reads.
+  dies later keeps what it wrote) and before the kernel is stopped.
 - Output is capped while messages arrive (`max_output_bytes_per_cell`); past
   `flood_bytes_per_cell` the cell is interrupted. zmq's MAXMSGSIZE drops any
-  single message larger than `max_message_bytes` before it is decoded, so the
-  grader's memory stays bounded whatever the kernel sends.
-- A notebook that timed out (a cell, the notebook limit, or the kernel never
-  answered) runs once more in a fresh sandbox; `bngrade_execution` says so.
-  The first run stops at its first timeout (it is redone anyway); in the
-  last run a timed-out cell is interrupted and the next cells still run.
-- The IPC directory is a host directory the kernel must write its sockets
-  into; as soon as the kernel answers (before any student code runs) it is
-  handed back to root, so the kernel cannot put files on the host disk.
-  A kernel that dies is not retried: its cells after the death get an error.
-- A file that is a symbolic link in the student's submitted/ directory is
-  not given to the kernel: nbgrader's copy into autograded/ follows links, so
-  a link to the gradebook would otherwise arrive as the gradebook's content.
+  single message larger than `max_message_bytes` before it is decoded.
+- Time: a notebook may hold a worker for its time budget (the reference
+  solution's measured time times `time_budget_margin`, within
+  [`time_budget_floor`, `notebook_timeout`]). A cell that runs past its
+  timeout is interrupted and the next cells run; past the budget the rest is
+  marked not run, so only the tests not reached are lost. The notebook runs
+  once more in a fresh sandbox only when the kernel did not start, or when a
+  timeout came while the sandbox was starved of CPU by others (it waited on
+  the run queue longer than it ran, and used under half a CPU): load must not
+  cost marks, and a student's own sleep or spin is never retried.
+- The IPC sockets live in a host directory the kernel must write; as root it
+  is a 4 MiB tmpfs mounted for the run (unmounted after), handed back to root
+  once the kernel answers (before any student code runs). The connection file
+  is in a separate directory the sandbox cannot write; every chown/chmod is
+  made on a descriptor, never on a path the sandbox could have replaced.
+- A file that is a symbolic link, a hard link, a FIFO, socket or device in
+  the student's submitted/ directory (or in autograded/) is not given to the
+  kernel; a notebook that is itself one is not run at all. The instructor is
+  told in the log.
 - Interrupts are sent as `interrupt_request` messages (a signal to bwrap's
   process group would not reach a kernel in its own session).
-- Without a working bwrap, the first notebook raises `SandboxUnavailable`
-  (a SystemExit), which stops nbgrader with the message instead of failing
-  each student. `unsafe_run_without_sandbox = True` runs plain nbgrader
-  execution (BNGRADE_RESULTS still set, the results read the same way) and
-  says so on every notebook.
+- Without a working bwrap or libseccomp, the first notebook raises
+  `SandboxUnavailable` (a SystemExit). Without a cgroup, autograde says once,
+  at its start, that the total memory and process count are not bounded.
+  `unsafe_run_without_sandbox = True` runs plain nbgrader execution.
 """
 import asyncio
 import copy
-import errno
-import functools
+import hashlib
+import json
 import os
-import re
 import shutil
-import stat
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import zmq
@@ -82,139 +68,26 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, DottedObjectName, Integer, List, Type, Unicode
+from traitlets import Bool, DottedObjectName, Float, Integer, List, Type, Unicode
 
-INSIDE_SITE = "/opt/bngrade/site"
-INSIDE_ROOT = "/sandbox"
-INSIDE_RESULTS = INSIDE_ROOT + "/results"
-INSIDE_SUBMISSION = "/submission"
-KERNEL_MODULES = ("__init__.py", "harness.py", "cases.py")  # bngrade's kernel side
-FORBIDDEN = {"torch", "triton", "bnkit", "bngrade", "nbgrader", "jupyter_book", "sphinx"}
-SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+from bngrade import sandbox_policy as policy
+from bngrade.sandbox_bwrap import kernel_site_binds, sandbox_argv  # noqa: F401 (kernel_site_binds: re-exported)
+from bngrade.sandbox_cgroup import Cgroup, CgroupUnavailable
+from bngrade.sandbox_files import (copy_given_files, private_tmpfs, read_results,  # noqa: F401 (re-exported)
+                                   submission_refusals, unmount)
+from bngrade.sandbox_seccomp import SeccompUnavailable, compile_filter
+
+INSIDE_RESULTS = policy.RESULTS
 MiB = 1 << 20
-
-# Runs first inside the sandbox, as the unprivileged uid: limits, private
-# directories, a copy of the student's files, then the ordinary ipykernel.
-BOOTSTRAP = r"""
-import os, resource, shutil, sys
-lim = dict(zip(("as", "nproc", "fsize", "nofile"), map(int, os.environ.pop("BNGRADE_LIMITS").split(","))))
-for name, value in (("AS", lim["as"]), ("NPROC", lim["nproc"]), ("FSIZE", lim["fsize"]),
-                    ("NOFILE", lim["nofile"]), ("CORE", 0)):
-    resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
-os.umask(0o077)
-for d in ("home", "work", "results"):
-    os.makedirs("/sandbox/" + d, exist_ok=True)
-try:
-    shutil.copytree("/submission", "/sandbox/work", symlinks=True, dirs_exist_ok=True)
-except (OSError, shutil.Error) as e:
-    print("bngrade sandbox: could not copy every file of the submission:", e, file=sys.stderr)
-os.chdir("/sandbox/work")
-sys.argv = ["ipykernel_launcher"] + sys.argv[1:]
-from ipykernel import iostream, kernelapp
-_write = iostream.OutStream.write
-def write(self, text, _write=_write):  # no stream message over ~1 MiB (the grader drops any over 32 MiB)
-    if not isinstance(text, str):
-        return _write(self, text)
-    for i in range(0, max(len(text), 1), 1 << 18):
-        _write(self, text[i:i + (1 << 18)])
-        with self._buffer_lock:
-            pending = sum(b.tell() for b in self._buffers.values())
-        if pending > 1 << 20:
-            self.flush()
-    return len(text)
-iostream.OutStream.write = write
-kernelapp.launch_new_instance()
-"""
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class SandboxUnavailable(SystemExit):
-    """bubblewrap is missing or a trial sandbox failed: autograde stops."""
+    """bubblewrap or libseccomp is missing, or a trial sandbox failed: autograde stops."""
 
 
 class _RetryNotebook(Exception):
     """A timeout in a run that will be retried: stop this run now."""
-
-
-def _requirements_closure(roots):
-    """The installed distributions `roots` need, recursively (markers evaluated, no extras)."""
-    from packaging.requirements import Requirement
-
-    seen, todo = {}, list(roots)
-    while todo:
-        name = todo.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
-            continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        seen[key] = dist
-        for text in dist.requires or []:
-            req = Requirement(text)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return seen
-
-
-def _top_level_entries(dist):
-    """The site-packages entries (package dirs, modules, .dist-info) of a distribution."""
-    base = Path(dist.locate_file(""))
-    names = set()
-    for f in dist.files or []:
-        parts = Path(str(f)).parts
-        if not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith(".pth"):
-            continue
-        names.add(parts[0])
-    return base, sorted(names)
-
-
-@functools.lru_cache(maxsize=8)
-def kernel_site_binds(packages=("ipykernel", "numpy")):
-    """[(host path, name)] for the site directory inside the sandbox."""
-    binds = {}
-    for key, dist in sorted(_requirements_closure(packages).items()):
-        base, names = _top_level_entries(dist)
-        for name in names:
-            stem = name.split(".")[0].split("-")[0].lower()
-            if stem in FORBIDDEN:
-                raise RuntimeError(f"the sandbox would expose {name} (needed by {key}); refusing")
-            path = base / name
-            if path.exists() and name not in binds:
-                binds[name] = str(path)
-    return sorted((path, name) for name, path in binds.items())
-
-
-def _bind_chain(path, seen):
-    """bwrap arguments that make `path` visible read-only, links kept as links."""
-    args = []
-    if path in seen or not os.path.lexists(path):
-        return args
-    seen.add(path)
-    if os.path.islink(path):
-        target = os.readlink(path)
-        args += ["--symlink", target, path]
-        resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
-        args += _bind_chain(resolved, seen)
-    else:
-        args += ["--ro-bind", path, path]
-    return args
-
-
-def _parents(path, made):
-    """`--perms 0755 --dir` for each missing ancestor of `path` (bwrap would make them 0700)."""
-    args = []
-    parts = Path(path).parts
-    for i in range(2, len(parts)):
-        d = str(Path(*parts[:i]))
-        if d not in made:
-            made.add(d)
-            args += ["--perms", "0755", "--dir", d]
-    return args
-
-
-def _under(path, roots):
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 class SandboxedKernelClient(AsyncKernelClient):
@@ -247,8 +120,13 @@ class SandboxedKernelManager(AsyncKernelManager):
         return kc
 
     def format_kernel_cmd(self, extra_arguments=None):
-        if self.sandbox_uid >= 0:  # the kernel reads it as the unprivileged uid
-            os.chown(self.connection_file, self.sandbox_uid, self.sandbox_uid)
+        if self.sandbox_uid >= 0:  # the kernel reads it (group), cannot write it; on a descriptor, no path
+            fd = os.open(self.connection_file, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fchown(fd, 0, self.sandbox_uid)
+                os.fchmod(fd, 0o640)
+            finally:
+                os.close(fd)
         return list(self.sandbox_argv) + ["-f", self.connection_file] + list(extra_arguments or [])
 
     async def interrupt_kernel(self):
@@ -258,60 +136,17 @@ class SandboxedKernelManager(AsyncKernelManager):
             self.session.send(self._control_socket, msg)
 
 
-def read_results(root_fd_path, relative, max_file_bytes, max_total_bytes):
-    """({name: bytes}, {name: why}) from the directory `relative` under `root_fd_path`.
-
-    Every component is opened with O_NOFOLLOW from the previous one: a planted
-    symlink is refused, never followed. Only regular files are read, each up to
-    `max_file_bytes`, all together up to `max_total_bytes`.
-    """
-    results, problems, total = {}, {}, 0
-    fds = []
+def _schedstat(pid):
+    """(ns on a CPU, ns waiting on a run queue) summed over the threads of `pid`; None if gone."""
+    run = wait = 0
     try:
-        fd = os.open(root_fd_path, os.O_RDONLY | os.O_DIRECTORY)
-        fds.append(fd)
-        for part in [p for p in relative.split("/") if p]:
-            fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            fds.append(fd)
-        names = sorted(os.listdir(fd))
-    except OSError as e:
-        return results, {"": f"the results directory could not be read ({os.strerror(e.errno)})"}
-    try:
-        for name in names[:1000]:
-            try:
-                f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-            except OSError as e:
-                why = "a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno)
-                problems[name] = f"not read: {why}"
-                continue
-            try:
-                st = os.fstat(f)
-                if not stat.S_ISREG(st.st_mode):
-                    problems[name] = "not read: not a regular file"
-                elif st.st_size > max_file_bytes:
-                    problems[name] = f"not read: {st.st_size} bytes, over the {max_file_bytes} byte limit"
-                elif total + st.st_size > max_total_bytes:
-                    problems[name] = f"not read: the results together exceed {max_total_bytes} bytes"
-                else:
-                    data = os.read(f, max_file_bytes + 1)
-                    while len(data) <= max_file_bytes:
-                        more = os.read(f, max_file_bytes + 1 - len(data))
-                        if not more:
-                            break
-                        data += more
-                    if len(data) > max_file_bytes:
-                        problems[name] = f"not read: over the {max_file_bytes} byte limit"
-                    else:
-                        results[name] = data
-                        total += len(data)
-            finally:
-                os.close(f)
-        if len(names) > 1000:
-            problems["..."] = f"{len(names) - 1000} more files not read"
-    finally:
-        for f in fds:
-            os.close(f)
-    return results, problems
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                fields = f.read().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return run, wait
 
 
 class SandboxedExecute(Execute):
@@ -321,21 +156,37 @@ class SandboxedExecute(Execute):
     setpriv_path = Unicode("/usr/bin/setpriv", help="util-linux setpriv (drops root inside)").tag(config=True)
     unsafe_run_without_sandbox = Bool(
         False, help="UNSAFE: run student code with the grader's rights when bubblewrap is unavailable").tag(config=True)
-    memory_limit_mb = Integer(2048, help="address-space limit of every process in the sandbox").tag(config=True)
-    max_processes = Integer(64, help="processes/threads of the sandbox's uid").tag(config=True)
-    max_file_mb = Integer(64, help="largest file the kernel may write").tag(config=True)
-    disk_limit_mb = Integer(256, help="size of the sandbox's writable tmpfs (HOME, work, results)").tag(config=True)
-    tmp_limit_mb = Integer(64, help="size of the sandbox's private /tmp").tag(config=True)
+    total_memory_mb = Integer(policy.LIMITS["total_memory_mb"],
+                              help="the whole sandbox's memory (cgroup): processes, tmpfs, shm, memfd").tag(config=True)
+    memory_limit_mb = Integer(policy.LIMITS["memory_limit_mb"],
+                              help="address-space limit of every process in the sandbox").tag(config=True)
+    max_processes = Integer(policy.LIMITS["max_processes"],
+                            help="processes/threads of the sandbox (cgroup pids.max, RLIMIT_NPROC)").tag(config=True)
+    max_file_mb = Integer(policy.LIMITS["max_file_mb"], help="largest file the kernel may write").tag(config=True)
+    disk_limit_mb = Integer(policy.LIMITS["disk_limit_mb"],
+                            help="size of the sandbox's writable tmpfs (HOME, work, results)").tag(config=True)
+    tmp_limit_mb = Integer(policy.LIMITS["tmp_limit_mb"], help="size of the sandbox's private /tmp").tag(config=True)
+    shm_limit_mb = Integer(policy.LIMITS["shm_limit_mb"], help="size of the sandbox's /dev/shm").tag(config=True)
+    require_cgroup = Bool(False, help="refuse to grade where no cgroup can bound the sandbox's total memory").tag(
+        config=True)
     uid_base = Integer(200000, help="the sandbox's uid is uid_base + (grader pid % 20000)").tag(config=True)
-    notebook_timeout = Integer(900, help="seconds for a whole notebook (cells after it do not run)").tag(config=True)
-    retry_on_timeout = Bool(True, help="run a timed-out notebook once more before the timeout counts").tag(config=True)
+    notebook_timeout = Integer(policy.TIME_BUDGET["cap_s"],
+                               help="most seconds a notebook may hold a worker (the budget's cap)").tag(config=True)
+    time_budget_margin = Float(policy.TIME_BUDGET["margin"],
+                               help="time budget = this x the reference solution's time (0: always the cap)").tag(
+        config=True)
+    time_budget_floor = Integer(policy.TIME_BUDGET["floor_s"], help="the time budget is never below this").tag(
+        config=True)
+    budget_cache_dir = Unicode("", help="where the reference solutions' times are kept (default ~/.cache/bngrade)").tag(
+        config=True)
+    retry_on_timeout = Bool(True, help="run a notebook once more when a timeout came from load").tag(config=True)
     interrupt_grace = Integer(20, help="seconds a timed-out cell has to stop after the interrupt").tag(config=True)
     max_output_bytes_per_cell = Integer(1 * MiB, help="output kept per cell; the rest dropped").tag(config=True)
     flood_bytes_per_cell = Integer(16 * MiB, help="output past which the cell is interrupted").tag(config=True)
     max_message_bytes = Integer(32 * MiB, help="a larger single kernel message is dropped").tag(config=True)
     max_result_file_bytes = Integer(8 * MiB).tag(config=True)
     max_result_total_bytes = Integer(32 * MiB).tag(config=True)
-    kernel_packages = List(Unicode(), ["ipykernel", "numpy"],
+    kernel_packages = List(Unicode(), list(policy.KERNEL_PACKAGES),
                            help="distributions (with their requirements) visible in the sandbox").tag(config=True)
     scratch_dir = Unicode("", help="where the per-notebook run directories go (default: the temp dir)").tag(
         config=True)
@@ -346,7 +197,10 @@ class SandboxedExecute(Execute):
 
     _will_retry = False
     _init_pid = None
+    _cgroup = None
     _trials = {}  # per process, by (bwrap, setpriv): True, or why the trial sandbox failed
+    _notes = set()  # things said once per process (no cgroup, no host tmpfs)
+    _reference_times = {}  # per process, by the source notebook's sha256: seconds (None: not measurable)
 
     # ------------------------------------------------------------------ public entry
     def preprocess(self, nb, resources, retries=None):
@@ -355,15 +209,25 @@ class SandboxedExecute(Execute):
                              "runs with YOUR rights, unsandboxed (it can rewrite the gradebook and other grades)")
         else:
             self.check_sandbox()
+        refused = self._notebook_refused(resources)
+        if refused:
+            msg = f"the submitted notebook is {refused}: it was not run (an instructor must look at it)"
+            self.log.error("bngrade: %s: %s", resources.get("metadata", {}).get("path"), msg)
+            self._mark_not_run(0, msg, nb)
+            resources["bngrade_results"], resources["bngrade_result_problems"] = {}, {}
+            resources["bngrade_execution"] = dict(sandboxed=not self.unsafe_run_without_sandbox, timed_out=False,
+                                                  kernel_died=False, retried=False, message=msg, refused=True)
+            return nb, resources
+        budget = self.time_budget(resources)
         pristine = copy.deepcopy(nb)
         self._will_retry = self.retry_on_timeout
-        report = self._run(nb, resources)
+        report = self._run(nb, resources, budget)
         self._will_retry = False
         if report["retry"] and self.retry_on_timeout:
             self.log.warning("bngrade: %s; running the notebook once more in a fresh sandbox", report["message"])
             nb = copy.deepcopy(pristine)
             first = report["message"]
-            report = self._run(nb, resources)
+            report = self._run(nb, resources, budget)
             report["retried"] = True
             report["message"] = f"first run: {first}; second run: {report['message'] or 'completed'}"
         report.pop("retry")
@@ -381,19 +245,22 @@ class SandboxedExecute(Execute):
             self._trials[key] = self._trial()
         if self._trials[key] is not True:
             msg = (f"bngrade refuses to autograde without a sandbox: {self._trials[key]}. Install bubblewrap "
-                   "(`apt-get install -y bubblewrap`, or `make bwrap`), or, only if every submission is trusted, "
-                   "set c.SandboxedExecute.unsafe_run_without_sandbox = True in nbgrader_config.py.")
+                   "and libseccomp (`apt-get install -y bubblewrap libseccomp2`, or `make bwrap`), or, only if "
+                   "every submission is trusted, set c.SandboxedExecute.unsafe_run_without_sandbox = True in "
+                   "nbgrader_config.py.")
             self.log.error(msg)
             raise SandboxUnavailable(msg)
 
     def _trial(self):
         if not os.access(self.bwrap_path, os.X_OK):
             return f"bubblewrap not found at {self.bwrap_path}"
-        run = tempfile.mkdtemp(prefix="bngrade-trial-", dir=self.scratch_dir or None)
+        run = self._new_run_dir()
         try:
             os.mkdir(os.path.join(run, "submission"))
-            os.mkdir(os.path.join(run, "ipc"))
-            argv, _ = self.sandbox_argv(run, python_code="import numpy, ipykernel; print('bngrade-sandbox-ok')")
+            try:
+                argv = self._argv(run, python_code="import numpy, ipykernel; print('bngrade-sandbox-ok')")
+            except (SeccompUnavailable, CgroupUnavailable) as e:
+                return str(e)
             try:
                 p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
             except (OSError, subprocess.TimeoutExpired) as e:
@@ -402,132 +269,187 @@ class SandboxedExecute(Execute):
                 return f"a trial sandbox failed (exit {p.returncode}): {(p.stderr or p.stdout).strip()[-600:]}"
             return True
         finally:
-            shutil.rmtree(run, ignore_errors=True)
+            self._end_run_dir(run)
 
     # ------------------------------------------------------------------ the sandbox
     def sandbox_uid(self):
         return self.uid_base + os.getpid() % 20000 if os.geteuid() == 0 else -1
 
-    def sandbox_argv(self, run, python_code=None):
-        """(argv up to the kernel's own arguments, uid) for the run directory `run`."""
+    def limits(self):
+        return {k: getattr(self, k) for k in policy.LIMITS if hasattr(self, k)} | {
+            "open_files": policy.LIMITS["open_files"]}
+
+    def _say_once(self, key, level, msg, *args):
+        if key not in self._notes:
+            self._notes.add(key)
+            getattr(self.log, level)(msg, *args)
+
+    def _argv(self, run, python_code=None):
+        """The command for `run` (seccomp filter compiled into it, a new cgroup in self._cgroup)."""
         uid = self.sandbox_uid()
-        base = os.path.realpath(sys.base_prefix)
-        python = os.path.realpath(os.path.join(base, "bin", f"python{sys.version_info[0]}.{sys.version_info[1]}"))
-        if not os.path.exists(python):
-            python = os.path.realpath(sys.executable)
-        args = [self.bwrap_path, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
-        if uid < 0:
-            args.append("--unshare-user")  # not root: a user namespace gives the mounts (no NPROC guarantee)
-        seen = set()
-        for d in SYSTEM_DIRS:
-            args += _bind_chain(d, seen)
-        made = set(SYSTEM_DIRS) | {"/tmp", "/proc", "/dev", INSIDE_ROOT}
-        if not _under(base, SYSTEM_DIRS):
-            args += _parents(base, made) + ["--ro-bind", base, base]
-        hidden = {sysconfig.get_paths(vars={"base": base, "platbase": base})[k] for k in ("purelib", "platlib")}
-        for h in sorted(hidden):
-            if os.path.isdir(h):
-                args += ["--tmpfs", h]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(self.tmp_limit_mb * MiB), "--tmpfs", "/tmp",
-                 "--perms", "0777", "--size", str(self.disk_limit_mb * MiB), "--tmpfs", INSIDE_ROOT]
-        args += _parents(INSIDE_SITE + "/x", made) + _parents(os.path.join(run, "ipc"), made)
-        for path, name in kernel_site_binds(tuple(self.kernel_packages)):
-            args += ["--ro-bind", path, f"{INSIDE_SITE}/{name}"]
-        stage = self._stage_kernel_modules(run)
-        args += ["--ro-bind", stage + "/bngrade", INSIDE_SITE + "/bngrade",
-                 "--ro-bind", stage + "/bnkit", INSIDE_SITE + "/bnkit",
-                 "--ro-bind", os.path.join(run, "submission"), INSIDE_SUBMISSION,
-                 "--bind", os.path.join(run, "ipc"), os.path.join(run, "ipc"),
-                 "--remount-ro", "/", "--chdir", INSIDE_ROOT, "--clearenv"]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": INSIDE_ROOT + "/home", "LANG": "C.UTF-8",
-               "PYTHONPATH": INSIDE_SITE, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
-               "BNGRADE_RESULTS": INSIDE_RESULTS, "TMPDIR": "/tmp", "MPLBACKEND": "agg",
-               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "BNGRADE_LIMITS": ",".join(str(v) for v in (self.memory_limit_mb * MiB, self.max_processes,
-                                                           self.max_file_mb * MiB, 256))}
-        if os.environ.get("NBGRADER_EXECUTION"):
-            env["NBGRADER_EXECUTION"] = os.environ["NBGRADER_EXECUTION"]  # nbgrader's documented behaviour
-        for k, v in env.items():
-            args += ["--setenv", k, v]
-        args.append("--")
-        if uid >= 0:
-            args += [self.setpriv_path, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                     "--bounding-set=-all", "--no-new-privs", "--"]
-        if python_code is not None:  # the trial: the same sandbox, limits set, then a short script
-            code = BOOTSTRAP.split("os.chdir")[0] + python_code
-            return args + [python, "-s", "-c", code], uid
-        return args + [python, "-s", "-c", BOOTSTRAP], uid
+        seccomp_file = os.path.join(run, "seccomp.bpf")
+        compile_filter(seccomp_file)
+        self._cgroup = None
+        try:
+            self._cgroup = Cgroup.make(self.total_memory_mb * MiB, self.max_processes + 8)
+            self._say_once("cgroup", "info", "bngrade: each sandbox runs in its own cgroup v%s: total memory %s MiB, "
+                           "%s processes", self._cgroup.version, self.total_memory_mb, self.max_processes)
+        except CgroupUnavailable as e:
+            if self.require_cgroup:
+                raise
+            self._say_once("cgroup", "warning", "bngrade: NO CGROUP could be made for the sandboxes (%s): each "
+                           "process is limited (address space, file size, process count), but the sandbox's TOTAL "
+                           "memory (many processes, tmpfs, /dev/shm, memfd) is NOT bounded. See assignments/README.md, "
+                           "'The sandbox'.", e)
+        env = {"NBGRADER_EXECUTION": os.environ["NBGRADER_EXECUTION"]} if os.environ.get("NBGRADER_EXECUTION") else {}
+        return sandbox_argv(bwrap=self.bwrap_path, setpriv=self.setpriv_path, run=run, uid=uid, limits=self.limits(),
+                            seccomp_file=seccomp_file, packages=tuple(self.kernel_packages), extra_env=env,
+                            cgroup_procs=self._cgroup.procs_files() if self._cgroup else (),
+                            python_code=python_code)
 
-    def _stage_kernel_modules(self, run):
-        """The kernel-side bngrade modules and a gradcheck-only bnkit, copied into `run/stage`."""
-        import bnkit.gradcheck
-
-        here = Path(__file__).resolve().parent
-        stage = Path(run) / "stage"
-        (stage / "bngrade").mkdir(parents=True, exist_ok=True)
-        (stage / "bnkit").mkdir(exist_ok=True)
-        for name in KERNEL_MODULES:
-            if (here / name).exists():
-                shutil.copy(here / name, stage / "bngrade" / name)
-        shutil.copy(bnkit.gradcheck.__file__, stage / "bnkit" / "gradcheck.py")
-        (stage / "bnkit" / "__init__.py").write_text(
-            '"""bnkit inside the grading sandbox: only gradcheck (the reference is not here)."""\n'
-            "from .gradcheck import numerical_gradient, rel_error  # noqa: F401\n")
-        for p in [stage, *stage.rglob("*")]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        return str(stage)
-
-    # ------------------------------------------------------------------ one run
-    def _new_run_dir(self, resources):
+    # ------------------------------------------------------------------ the run directory
+    def _new_run_dir(self):
+        """run/ (0711) with conn/ (the connection file: the sandbox reads, cannot write) and ipc/ (sockets)."""
         run = tempfile.mkdtemp(prefix="bngrade-run-", dir=self.scratch_dir or None)
         os.chmod(run, 0o711)
-        source = (resources or {}).get("metadata", {}).get("path") or "."
-        sub = os.path.join(run, "submission")
-        linked = self._linked_in_submission(source)
-
-        def ignore(directory, names):
-            rel = os.path.relpath(directory, source)
-            return {n for n in names if n == ".ipynb_checkpoints" or os.path.normpath(os.path.join(rel, n)) in linked}
-
-        shutil.copytree(source, sub, symlinks=True, ignore=ignore)
-        for p in [Path(sub), *Path(sub).rglob("*")]:
-            if not p.is_symlink():
-                os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        os.mkdir(os.path.join(run, "conn"), 0o711)
         ipc = os.path.join(run, "ipc")
         os.mkdir(ipc, 0o700)
-        return run, ipc
+        uid = self.sandbox_uid()
+        if uid >= 0:
+            why = private_tmpfs(ipc, policy.IPC_TMPFS_BYTES, uid, uid)
+            if why is None:
+                self._mounted = getattr(self, "_mounted", set()) | {ipc}
+            else:
+                self._say_once("ipc", "warning", "bngrade: the IPC directory cannot be a private tmpfs here (%s): "
+                               "it is a host directory, writable by the kernel until it answers", why)
+                fd = os.open(ipc, _DIR)
+                try:
+                    os.fchown(fd, uid, uid)
+                finally:
+                    os.close(fd)
+        return run
 
-    def _linked_in_submission(self, autograded):
-        """Relative paths that are symbolic links in the student's submitted directory.
+    def _end_run_dir(self, run):
+        ipc = os.path.join(run, "ipc")
+        if ipc in getattr(self, "_mounted", set()):
+            unmount(ipc)
+            self._mounted.discard(ipc)
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
+        shutil.rmtree(run, ignore_errors=True)
 
-        nbgrader copies a submission's files into autograded/ with shutil.copy,
-        which follows links: a link to the gradebook would arrive as its content.
-        Those files are left out of the sandbox (and the instructor is told).
-        """
+    def _give_files(self, run, resources):
+        """Copy the student's directory into run/submission: plain files only, by content."""
+        source = (resources or {}).get("metadata", {}).get("path") or "."
+        sub = os.path.join(run, "submission")
+        refused, copied = copy_given_files(source, sub, max_files=policy.MAX_FILES_GIVEN,
+                                           max_depth=policy.MAX_DEPTH_GIVEN, max_bytes=self.disk_limit_mb * MiB // 2)
+        submitted = self._submitted_dir(source)
+        if submitted is not None:
+            for rel, why in submission_refusals(submitted, copied).items():
+                os.unlink(os.path.join(sub, rel))  # our own copy, in a directory only root writes
+                refused[rel] = why
+        if refused:
+            self.log.warning("bngrade: %s: not given to the kernel: %s", submitted or source,
+                             "; ".join(f"{k} ({v})" for k, v in sorted(refused.items())[:20]))
+        return refused
+
+    @staticmethod
+    def _submitted_dir(autograded):
+        """course/submitted/<student>/<assignment> for course/autograded/<student>/<assignment>, else None."""
         parts = Path(os.path.abspath(autograded)).parts
         if len(parts) < 4 or parts[-3] != "autograded":
-            return set()
-        submitted = Path(*parts[:-3], "submitted", *parts[-2:])
-        linked = set()
-        for dirpath, dirnames, filenames in os.walk(submitted):
-            for n in dirnames + filenames:
-                if os.path.islink(os.path.join(dirpath, n)):
-                    linked.add(os.path.normpath(os.path.relpath(os.path.join(dirpath, n), submitted)))
-        if linked:
-            self.log.warning("bngrade: %s: symbolic links in the submission are not given to the kernel: %s",
-                             submitted, ", ".join(sorted(linked)))
-        return linked
+            return None
+        return str(Path(*parts[:-3], "submitted", *parts[-2:]))
 
-    def _run(self, nb, resources):
+    def _notebook_refused(self, resources):
+        """Why the submitted notebook itself may not run (a link, hard link, not a file), or None."""
+        meta = (resources or {}).get("metadata", {})
+        submitted = self._submitted_dir(meta.get("path") or ".")
+        if submitted is None or not meta.get("name"):
+            return None
+        name = meta["name"] + ".ipynb"
+        return submission_refusals(submitted, [name]).get(name)
+
+    # ------------------------------------------------------------------ the time budget
+    def time_budget(self, resources):
+        """Seconds this notebook may hold a worker: margin x the reference solution's time, in [floor, cap]."""
+        cap = self.notebook_timeout
+        if self.time_budget_margin <= 0 or cap <= 0:
+            return cap
+        seconds = self._reference_seconds(resources)
+        if seconds is None:
+            return cap
+        return int(min(cap, max(self.time_budget_floor, self.time_budget_margin * seconds)))
+
+    def _reference_seconds(self, resources):
+        meta = (resources or {}).get("metadata", {})
+        parts = Path(os.path.abspath(meta.get("path") or ".")).parts
+        if not meta.get("name") or len(parts) < 4 or parts[-3] != "autograded":
+            return None
+        source_dir = str(Path(*parts[:-3], "source", parts[-1]))
+        try:
+            fd = os.open(os.path.join(source_dir, meta["name"] + ".ipynb"), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read(64 * MiB)
+        except OSError:
+            return None
+        key = hashlib.sha256(data).hexdigest()
+        if key in self._reference_times:
+            return self._reference_times[key]
+        cache = Path(self.budget_cache_dir or os.path.expanduser("~/.cache/bngrade")) / f"reference-{key[:40]}.json"
+        try:
+            seconds = float(json.loads(cache.read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            seconds = self._measure_reference(data, source_dir, meta["name"])
+            if seconds is not None:
+                try:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps({"seconds": seconds, "notebook": meta["name"]}))
+                    os.replace(tmp, cache)
+                except OSError:
+                    pass
+        self._reference_times[key] = seconds
+        if seconds is not None:
+            self.log.info("bngrade: the reference solution of %s ran in %.1f s: a submission may hold a worker "
+                          "for %d s", meta["name"], seconds,
+                          min(self.notebook_timeout, max(self.time_budget_floor, self.time_budget_margin * seconds)))
+        return seconds
+
+    def _measure_reference(self, data, source_dir, name):
+        """Run the source notebook (the instructor's, solutions and hidden tests in it) in this sandbox, timed."""
+        import nbformat
+
+        try:
+            nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+        except Exception as e:  # not a notebook: the cap holds
+            self.log.warning("bngrade: the source notebook %s could not be read to time it (%s)", name, e)
+            return None
+        will_retry, self._will_retry = self._will_retry, False
+        try:
+            report = self._run(nb, {"metadata": {"path": source_dir, "name": name}}, self.notebook_timeout)
+        finally:
+            self._will_retry = will_retry
+        if report["timed_out"] or report["kernel_died"]:
+            self.log.warning("bngrade: the reference solution of %s did not run cleanly (%s): the time budget is "
+                             "the cap, %d s", name, report["message"], self.notebook_timeout)
+            return None
+        return report["seconds"]
+
+    # ------------------------------------------------------------------ one run
+    def _run(self, nb, resources, budget):
         report = dict(sandboxed=not self.unsafe_run_without_sandbox, timed_out=False, kernel_died=False,
-                      retried=False, message="", retry=False, results={}, problems={})
-        self._timed_out = False
-        run, ipc = self._new_run_dir(resources)
-        self._run_dir, self._kernel_log = run, None
+                      retried=False, starved=False, message="", retry=False, results={}, problems={},
+                      budget_s=budget)
+        self._timed_out = self._starved_at_timeout = False
+        run = self._new_run_dir()
+        self._run_dir, self._kernel_log, self._kernel_pid, self._load0 = run, None, None, None
         iopub_timeout = self.iopub_timeout
         try:
+            report["not_given"] = self._give_files(run, resources)
             if self.unsafe_run_without_sandbox:
                 results_dir = os.path.join(run, "results")
                 os.mkdir(results_dir)
@@ -536,38 +458,44 @@ class SandboxedExecute(Execute):
                 kwargs = dict(cwd=os.path.join(run, "submission"),
                               env={**os.environ, "BNGRADE_RESULTS": results_dir})
             else:
-                argv, uid = self.sandbox_argv(run)
-                if uid >= 0:
-                    os.chown(ipc, uid, uid)
-                km = SandboxedKernelManager(config=self.config, transport="ipc", sandbox_argv=argv,
+                uid = self.sandbox_uid()
+                km = SandboxedKernelManager(config=self.config, transport="ipc", sandbox_argv=self._argv(run),
                                             sandbox_uid=uid)
-                km.connection_file = os.path.join(ipc, "kernel.json")
-                km.ip = os.path.join(ipc, "kernel")
+                km.connection_file = os.path.join(run, "conn", "kernel.json")
+                km.ip = os.path.join(run, "ipc", "kernel")
                 km.max_message_bytes = self.max_message_bytes
                 self._results_at = lambda: (self._sandbox_root(km), INSIDE_RESULTS)
-                # the kernel's own stdout/stderr never reach the grader's terminal (a flood there would
-                # escape the output caps); stderr goes to a file capped by RLIMIT_FSIZE, quoted on failure
-                self._kernel_log = open(os.path.join(run, "kernel-stderr.log"), "wb")
+                # the kernel's own stdout/stderr never reach the grader's terminal (a flood there would escape
+                # the output caps); stderr goes to a file in the bounded IPC tmpfs, read back on our descriptor
+                log_dir = os.path.join(run, "ipc") if os.path.join(run, "ipc") in getattr(self, "_mounted", ()) \
+                    else run
+                fd = os.open(os.path.join(log_dir, "kernel-stderr.log"),
+                             os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                self._kernel_log = os.fdopen(fd, "w+b")
                 kwargs = dict(cwd=run, stdout=subprocess.DEVNULL, stderr=self._kernel_log)
             NotebookClient.__init__(self, nb, km)  # as nbconvert's ExecutePreprocessor.preprocess does
             self.reset_execution_trackers()
             self._check_assign_resources(resources)
-            run_sync(self._async_run)(report, kwargs)
+            run_sync(self._async_run)(report, kwargs, budget)
         finally:
             self.iopub_timeout = iopub_timeout
+            if self._cgroup is not None:
+                report["memory_peak_mb"] = round((self._cgroup.memory_peak() or 0) / MiB, 1)
+                report["oom_kills"] = self._cgroup.oom_kills()
             if self._kernel_log is not None:
                 self._kernel_log.close()
-            shutil.rmtree(run, ignore_errors=True)
+            self._end_run_dir(run)
             self.km = self.kc = None
         return report
 
     def _log_tail(self):
+        if self._kernel_log is None:
+            return ""
         try:
-            with open(os.path.join(self._run_dir, "kernel-stderr.log"), "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 800))
-                tail = f.read().decode("utf-8", "replace").strip()
-        except OSError:
+            fd = self._kernel_log.fileno()
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, 800, max(0, size - 800)).decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
             return ""
         return f"; the kernel said: {tail}" if tail else ""
 
@@ -593,6 +521,35 @@ class SandboxedExecute(Execute):
         self._init_pid = int(children[0])
         return root
 
+    def _find_kernel_pid(self):
+        """The kernel's pid on the host: the child of the sandbox's init (setpriv executed python there)."""
+        if self._init_pid is None and self.km is not None:
+            self._sandbox_root(self.km)
+        if self._init_pid is None:
+            return None
+        try:
+            with open(f"/proc/{self._init_pid}/task/{self._init_pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def _load_sample(self):
+        """(wall s, sandbox CPU s or None, kernel (run ns, wait ns) or None)."""
+        cpu = self._cgroup.cpu_seconds() if self._cgroup is not None else None
+        return time.monotonic(), cpu, _schedstat(self._kernel_pid) if self._kernel_pid else None
+
+    def _starved(self):
+        """Was the sandbox starved of CPU by others since its kernel answered? (module docstring)"""
+        if self._load0 is None:
+            return False
+        (w0, c0, s0), (w1, c1, s1) = self._load0, self._load_sample()
+        if s0 is None or s1 is None:
+            return False
+        ran, waited = s1[0] - s0[0], s1[1] - s0[1]
+        busy_itself = c0 is not None and c1 is not None and (c1 - c0) >= 0.5 * (w1 - w0)
+        return waited > ran and not busy_itself
+
     def _harvest(self, report):
         root, relative = self._results_at()
         if root is None:
@@ -602,9 +559,9 @@ class SandboxedExecute(Execute):
             return  # the sandbox is gone: keep what was read after the previous cell
         report["results"], report["problems"] = results, problems
 
-    async def _async_run(self, report, kwargs):
+    async def _async_run(self, report, kwargs, budget):
         started = time.monotonic()
-        self._deadline = started + self.notebook_timeout if self.notebook_timeout > 0 else None
+        self._deadline = started + budget if budget and budget > 0 else None
         try:
             try:
                 await self.async_start_new_kernel(**kwargs)
@@ -612,6 +569,8 @@ class SandboxedExecute(Execute):
                 info = await self.async_wait_for_reply(await ensure_async(self.kc.kernel_info()))
                 self.nb.metadata["language_info"] = info["content"]["language_info"]
                 self._close_ipc_dir()
+                self._kernel_pid = self._find_kernel_pid()
+                self._load0 = self._load_sample()
             except Exception as e:  # under load a kernel may not come up in time: retry once
                 report.update(timed_out=True, retry=True,
                               message=f"the sandboxed kernel did not start ({type(e).__name__}: {e}){self._log_tail()}")
@@ -619,25 +578,25 @@ class SandboxedExecute(Execute):
                 return
             for index, cell in enumerate(self.nb.cells):
                 if self._deadline is not None and time.monotonic() > self._deadline:
-                    report.update(timed_out=True, retry=True,
-                                  message=f"the notebook ran past its {self.notebook_timeout} s limit")
-                    self._mark_not_run(index, report["message"])
+                    self._timeout(report, f"the notebook ran past its time budget of {budget} s", index)
                     break
                 try:
                     await self.async_execute_cell(cell, index, execution_count=self.code_cells_executed + 1)
                 except DeadKernelError:
-                    report.update(kernel_died=True, message=f"the kernel died while running cell {index}")
+                    oom = self._cgroup.oom_kills() if self._cgroup is not None else 0
+                    report.update(kernel_died=True, message=f"the kernel died while running cell {index}" + (
+                        f" (out of memory: the sandbox's {self.total_memory_mb} MiB were spent)" if oom else ""))
                     self._mark_not_run(index, report["message"])
                     break
                 except _RetryNotebook:
-                    report.update(timed_out=True, retry=True, message=f"cell {index} ran past its time limit")
+                    report.update(timed_out=True, retry=True, starved=True,
+                                  message=f"cell {index} ran past its time limit while the machine was loaded")
                     self._mark_not_run(index, report["message"])
                     break
                 except (CellTimeoutError, TimeoutError) as e:
                     why = str(e).split("\n")[1] if "\n" in str(e) else str(e)
-                    report.update(timed_out=True, retry=True,
-                                  message=f"cell {index} did not stop after a timeout interrupt ({why.strip()})")
-                    self._mark_not_run(index, report["message"])
+                    self._timeout(report, f"cell {index} did not stop after a timeout interrupt ({why.strip()})",
+                                  index)
                     break
                 except Exception as e:  # e.g. a patched json.dumps: the kernel's messages no longer parse
                     self.log.warning("bngrade: cell %s: the kernel broke its messaging: %s: %s",
@@ -650,11 +609,21 @@ class SandboxedExecute(Execute):
                 finally:
                     self._harvest(report)
             if self._timed_out and not report["timed_out"]:
-                report.update(timed_out=True, retry=True, message="a cell ran past its time limit")
+                starved = self._starved_at_timeout
+                report.update(timed_out=True, retry=starved, starved=starved,
+                              message="a cell ran past its time limit" + (" while the machine was loaded"
+                                                                          if starved else ""))
         finally:
             self._harvest(report)
             await self._async_stop()
             report["seconds"] = round(time.monotonic() - started, 3)
+
+    def _timeout(self, report, message, index):
+        """The run stops at cell `index`: retried only if the sandbox was starved of CPU (load, not the student)."""
+        starved = self._starved_at_timeout or self._starved()
+        report.update(timed_out=True, retry=starved and self._will_retry, starved=starved,
+                      message=message + (" while the machine was loaded" if starved else ""))
+        self._mark_not_run(index, report["message"])
 
     async def _async_stop(self):
         km = self.km
@@ -687,6 +656,8 @@ class SandboxedExecute(Execute):
             except OSError:
                 break
             await asyncio.sleep(0.05)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
         uid = self.sandbox_uid()
         if uid > 0:  # belt and braces: nothing of this grader's sandbox uid may outlive the notebook
             for entry in os.listdir("/proc"):
@@ -698,9 +669,9 @@ class SandboxedExecute(Execute):
                     except OSError:
                         pass
 
-    def _mark_not_run(self, start, why):
+    def _mark_not_run(self, start, why, nb=None):
         """An error output on every code cell from `start` on: it did not run (to completion)."""
-        for cell in self.nb.cells[start:]:
+        for cell in (nb or self.nb).cells[start:]:
             if cell.cell_type == "code" and cell.source.strip():
                 cell.setdefault("outputs", [])
                 cell.outputs.append(new_output("error", ename="NotRun", evalue=why,
@@ -716,22 +687,29 @@ class SandboxedExecute(Execute):
 
     async def _async_handle_timeout(self, timeout, cell=None):
         self._timed_out = True
-        if self._will_retry:  # the notebook runs again anyway: waiting for this run is time lost
-            self.log.error("Timeout waiting for execute reply (%is).", timeout)
+        self._starved_at_timeout = self._starved_at_timeout or self._starved()
+        if self._will_retry and self._starved_at_timeout:  # load: the notebook runs again, waiting is time lost
+            self.log.error("Timeout waiting for execute reply (%is), the machine loaded: retrying.", timeout)
             raise _RetryNotebook()
-        # the last run: interrupt, and wait a bounded time for a cell that ignores the interrupt
+        # the student's own time (or the last run): interrupt, and wait a bounded time for a cell that ignores it
         self.iopub_timeout = min(self.iopub_timeout, self.interrupt_grace)
         return await super()._async_handle_timeout(timeout, cell)
 
     def _close_ipc_dir(self):
-        """Once the kernel has made its sockets, its IPC directory (a host directory) becomes the grader's:
-        no student code has run yet, and from now on it cannot create files on the host disk."""
-        ipc = os.path.join(self._run_dir, "ipc")
+        """Once the kernel has made its sockets, its IPC directory becomes the grader's: no student code has run
+        yet, and from now on it cannot create files there. On a descriptor opened without following links."""
         if self.unsafe_run_without_sandbox or os.geteuid() != 0:
             return
-        for path in (ipc, os.path.join(ipc, "kernel.json")):
-            os.chown(path, 0, 0)
-        os.chmod(ipc, 0o755)
+        run_fd = os.open(self._run_dir, _DIR)
+        try:
+            fd = os.open("ipc", _DIR, dir_fd=run_fd)
+            try:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o755)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(run_fd)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         self._cell_bytes, self._cell_dropped, self._flood_stopped = 0, 0, False
