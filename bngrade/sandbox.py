@@ -29,8 +29,9 @@ Decisions (the design leaves them to this module):
   timeout is interrupted and the next cells run; past the budget the rest is
   marked not run, so only the tests not reached are lost. The notebook runs
   once more in a fresh sandbox only when the kernel did not start, or when a
-  timeout came while the sandbox was starved of CPU by others (it waited on
-  the run queue longer than it ran, and used under half a CPU): load must not
+  timeout came while the sandbox was starved of CPU by others (its kernel
+  waited on the run queue for at least a quarter of the time, longer than it
+  ran, and the whole sandbox used under half a CPU): load must not
   cost marks, and a student's own sleep or spin is never retried.
 - The IPC sockets live in a host directory the kernel must write; as root it
   is a 4 MiB tmpfs mounted for the run (unmounted after), handed back to root
@@ -546,9 +547,9 @@ class SandboxedExecute(Execute):
         (w0, c0, s0), (w1, c1, s1) = self._load0, self._load_sample()
         if s0 is None or s1 is None:
             return False
-        ran, waited = s1[0] - s0[0], s1[1] - s0[1]
-        busy_itself = c0 is not None and c1 is not None and (c1 - c0) >= 0.5 * (w1 - w0)
-        return waited > ran and not busy_itself
+        ran, waited, wall = (s1[0] - s0[0]) / 1e9, (s1[1] - s0[1]) / 1e9, w1 - w0
+        busy_itself = c0 is not None and c1 is not None and (c1 - c0) >= 0.5 * wall
+        return waited >= 0.25 * wall and waited > ran and not busy_itself
 
     def _harvest(self, report):
         root, relative = self._results_at()

@@ -84,6 +84,7 @@ LIMITS = dict(
 
 # Time. One submission may hold a worker for the reference solution's own time (measured once in this
 # sandbox, per source notebook) times a margin, within [floor, cap] seconds. A timeout is retried once only
-# when the sandbox was starved of CPU by others (it waited on the run queue longer than it ran and used
-# under half a CPU), never when the student's code slept or spun on its own.
+# when the sandbox was starved of CPU by others (its kernel waited on the run queue for a quarter of the time
+# or more, longer than it ran, and the sandbox used under half a CPU), never when the student's code slept or
+# spun on its own.
 TIME_BUDGET = dict(margin=10.0, floor_s=120, cap_s=900)

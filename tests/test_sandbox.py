@@ -4,7 +4,7 @@ One probe notebook runs through `SandboxedExecute` beside a fake course
 (gradebook.db, nbgrader_config.py, source/) in a temporary directory; each
 probe cell prints one JSON line that the tests read. Separate short
 notebooks cover the output flood, the timeout retry, a dying kernel and the
-unsafe opt-out. Refusal without bubblewrap is checked here directly and,
+unsafe opt-out (the attacks of issue 14 are in test_sandbox_attacks.py). Refusal without bubblewrap is checked here directly and,
 through plain `nbgrader autograde`, in test_autograde_parallel.py.
 """
 import json
@@ -222,14 +222,14 @@ def test_output_flood_is_capped_and_interrupted(tmp_path):
     assert "next cell ran" in nb.cells[1].outputs[0]["text"]
 
 
-def test_timeout_retries_once_then_counts(tmp_path, caplog):
+def test_a_timeout_of_the_students_own_is_interrupted_not_retried(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     nb, res = _execute(tmp_path, _notebook(WRITE_RESULT,
                                            "import time\ntime.sleep(600)", "print('after the timeout')"), timeout=3)
     ex = res["bngrade_execution"]
-    assert ex["timed_out"] and ex["retried"] and "second run" in ex["message"]
+    assert ex["timed_out"] and not ex["retried"] and not ex["starved"]  # a sleep is the student's own time
     assert res["bngrade_results"] == {"t.json": b"1"}
-    assert "after the timeout" in nb.cells[2].outputs[0]["text"]  # the last run goes on after the interrupt
+    assert "after the timeout" in nb.cells[2].outputs[0]["text"]  # the next cells still run after the interrupt
 
 
 def test_a_dying_kernel_keeps_the_results_written_before(tmp_path):
