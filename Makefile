@@ -97,10 +97,13 @@ grade-demo: $(STAMP)   ## the whole cycle on sample submissions, in /tmp/bnkit-g
 generate: $(STAMP)     ## release/<A>/ for every assignment (solutions, hidden tests removed)
 	$(IN_COURSE) && for a in $(COURSE_ASSIGNMENTS); do nbgrader generate_assignment $$a --force || exit 1; done
 
-# The course's kernels run in bubblewrap (bngrade/sandbox.py): Debian's package (CI runs as root).
+# The course's kernels run in bubblewrap with a seccomp filter compiled by libseccomp at run time
+# (bngrade/sandbox*.py): Debian's bubblewrap and libseccomp2 (CI runs as root).
 bwrap:
 	@test -x /usr/bin/bwrap || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
 	  || echo "warning: could not install bubblewrap; autograde will refuse to run (see assignments/README.md)"
+	@ldconfig -p | grep -q 'libseccomp\.so\.2' || (apt-get update -qq && apt-get install -y -qq libseccomp2) \
+	  || echo "warning: could not install libseccomp2; autograde will refuse to run (see assignments/README.md)"
 
 # Parallel autograde: JOBS students at a time, each in a scratch copy of COURSE,
 # a progress bar, then the results merged into COURSE/gradebook.db by nbgrader.

@@ -45,14 +45,19 @@ c.GenerateFeedback.preprocessors = [GetGrades, ScrubHiddenTestsFromOutputs, Clea
                                     CSSHTMLHeaderPreprocessor]
 
 # --- sandbox ---
-# (owner: SANDBOX; bngrade/sandbox.py)
-# Every kernel runs in bubblewrap; without a working bwrap autograde stops
-# with a message. The limits below cost only the student who hits them. A
-# notebook that times out runs once more (load must not cost marks).
-c.SandboxedExecute.memory_limit_mb = 2048   # address space of every process in the sandbox
-c.SandboxedExecute.max_processes = 64       # processes + threads (a fork bomb stops here)
+# (owner: SANDBOX; bngrade/sandbox*.py; what the kernel sees and may do: bngrade/sandbox_policy.py)
+# Every kernel runs in bubblewrap under a seccomp filter, in its own cgroup; without a working bwrap or
+# libseccomp autograde stops with a message, and without a cgroup it says so when it starts. The limits
+# below cost only the student who hits them.
+c.SandboxedExecute.total_memory_mb = 2560   # the whole sandbox (cgroup): processes, tmpfs, /dev/shm, memfd
+c.SandboxedExecute.memory_limit_mb = 2048   # address space of each process (one huge array: MemoryError)
+c.SandboxedExecute.max_processes = 64       # processes + threads (cgroup pids.max; a fork bomb stops here)
 c.SandboxedExecute.disk_limit_mb = 256      # HOME + work dir + results, a tmpfs: nothing reaches the disk
-c.SandboxedExecute.notebook_timeout = 900   # seconds for a whole notebook, besides the per-cell timeout
+# Time: a notebook may hold a worker for 10x its reference solution's time (measured once, in the sandbox),
+# at least 120 s, at most notebook_timeout. A timeout is retried once only when load starved the sandbox.
+c.SandboxedExecute.time_budget_margin = 10.0
+c.SandboxedExecute.time_budget_floor = 120
+c.SandboxedExecute.notebook_timeout = 900
 c.SandboxedExecute.retry_on_timeout = True
 c.SandboxedExecute.max_output_bytes_per_cell = 1 << 20
 # Only for trusted work, never for a class of strangers (the student's code

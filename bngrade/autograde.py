@@ -48,6 +48,8 @@ from pathlib import Path
 from nbgrader.preprocessors.base import NbGraderPreprocessor
 from traitlets import Unicode
 
+from bngrade.sandbox_files import copy_given_files
+
 ERROR_LINE = "There was an error processing assignment"
 
 
@@ -140,8 +142,10 @@ def grade_one(course, assignment, student, out):
         shutil.copy(course / "nbgrader_config.py", scratch)
         shutil.copy(course / "gradebook.db", scratch)
         shutil.copytree(course / "source" / assignment, scratch / "source" / assignment, symlinks=True)
-        shutil.copytree(course / "submitted" / student / assignment, scratch / "submitted" / student / assignment,
-                        symlinks=True)
+        (scratch / "submitted" / student).mkdir(parents=True)
+        # by content: links, hard links, FIFOs and devices are left out (a copy would hide a hard link)
+        refused, _ = copy_given_files(course / "submitted" / student / assignment,
+                                      scratch / "submitted" / student / assignment)
         rc = _autograde_in_process(scratch, assignment, student, dest / "nbgrader.log")
         maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this worker's peak so far
         log = (dest / "nbgrader.log").read_text(errors="replace")
@@ -155,7 +159,9 @@ def grade_one(course, assignment, student, out):
         result = dict(student=student, assignment=assignment, returncode=rc, ok=graded.is_dir() and ERROR_LINE
                       not in log, scores=scores, seconds=round(time.monotonic() - t0, 3), grader_maxrss_kib=maxrss,
                       timed_out="running the notebook once more" in log or "ran past" in log,
-                      warnings=[line for line in log.splitlines() if "bngrade:" in line and "WARNING" in line][-5:])
+                      warnings=[f"bngrade: {student}: not given to the kernel: {name} ({why})"
+                                for name, why in sorted(refused.items())[:5]]
+                      + [line for line in log.splitlines() if "bngrade:" in line and "WARNING" in line][-5:])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     (dest / "result.json").write_text(json.dumps(result, indent=1))

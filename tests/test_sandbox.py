@@ -3,9 +3,9 @@
 One probe notebook runs through `SandboxedExecute` beside a fake course
 (gradebook.db, nbgrader_config.py, source/) in a temporary directory; each
 probe cell prints one JSON line that the tests read. Separate short
-notebooks cover the output flood, the timeout retry, a dying kernel and the
-unsafe opt-out (the attacks of issue 14 are in test_sandbox_attacks.py). Refusal without bubblewrap is checked here directly and,
-through plain `nbgrader autograde`, in test_autograde_parallel.py.
+notebooks cover the output flood, a timeout, a dying kernel and the unsafe
+opt-out (the attacks of issue 14 are in test_sandbox_attacks.py). Refusal
+without bubblewrap is checked here directly and, through plain `nbgrader autograde`, in test_autograde_parallel.py.
 """
 import json
 import logging
