@@ -291,3 +291,81 @@ except OSError as e:
     print("hostile: connection file refused:", e.strerror)
 '''),
 ]
+
+# --- sandbox (issue 14) ---
+# Each runs after the tests (a cell the student added), so the expected grades are full marks: what is
+# checked is that the attack fails, the controls in the same run keep their grades, and the run goes on.
+# Files planted beside the notebook (start-up shadowing, hard links) are not notebook edits: they are
+# attacked in tests/test_sandbox_attacks.py.
+SYSCALL_PROBE = '''
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def _refused(name, nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    print("HOSTILE:" if r >= 0 else "hostile:", name, "->", "allowed" if r >= 0 else errno.errorcode[ctypes.get_errno()])
+'''
+HOSTILE += [
+    V("hostile_userns_mount_tmpfs", "after the tests: a child makes its own user and mount namespace and mounts a "
+      "tmpfs as big as the host's RAM, then fills it (refused by the seccomp filter)",
+      append=SYSCALL_PROBE + '''
+if os.fork() == 0:
+    if libc.unshare(0x10000000 | 0x00020000) != 0:
+        print("hostile: unshare refused:", errno.errorcode[ctypes.get_errno()])
+        os._exit(0)
+    os.makedirs("/tmp/big", exist_ok=True)
+    if libc.mount(b"none", b"/tmp/big", b"tmpfs", 0, b"size=100%") == 0:
+        print("HOSTILE: mounted a host-sized tmpfs")
+        with open("/tmp/big/fill", "wb") as f:
+            for _ in range(200):
+                f.write(b"1" * (16 << 20))
+    os._exit(0)
+os.wait()
+'''),
+    V("hostile_sysv_shm_detached", "after the tests: a 2.4 GB SysV shared-memory segment created, touched and "
+      "detached, so no process holds it (refused by the seccomp filter)",
+      append=SYSCALL_PROBE + '''
+libc.shmget.restype = ctypes.c_int
+libc.shmat.restype = ctypes.c_void_p
+shmid = libc.shmget(0, ctypes.c_size_t(2400 << 20), 0o1600)
+if shmid < 0:
+    print("hostile: shmget refused:", errno.errorcode[ctypes.get_errno()])
+else:
+    addr = libc.shmat(shmid, None, 0)
+    ctypes.memset(addr, 1, 2400 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))
+    print("HOSTILE: 2.4 GB held by no process")
+'''),
+    V("hostile_kernel_syscalls", "after the tests: ptrace, bpf, io_uring, keyctl, perf_event_open, userfaultfd, "
+      "mount, setns, kexec, module loading: each refused",
+      append=SYSCALL_PROBE + '''
+for _name, _call in [("ptrace", (101, 16, 1, 0, 0)), ("bpf", (321, 0, 0, 0)), ("io_uring_setup", (425, 1, 0)),
+                     ("keyctl", (250, 0, 0, 0, 0, 0)), ("perf_event_open", (298, 0, 0, -1, -1, 0)),
+                     ("userfaultfd", (323, 0)), ("mount", (165, 0, 0, 0, 0, 0)), ("setns", (308, 0, 0)),
+                     ("kexec_load", (246, 0, 0, 0, 0)), ("init_module", (175, 0, 0, 0))]:
+    _refused(_name, *_call)
+'''),
+    V("hostile_many_hogs_and_memfd", "after the tests: 6 processes each touch 700 MiB (each under the "
+      "address-space limit) while memfds fill up: the sandbox's cgroup bounds the total; the OOM killer takes "
+      "the hogs, not the kernel",
+      append='''
+import os, time
+kids = []
+for _i in range(6):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _block = bytearray(b"1") * (700 << 20)
+            _fds = [os.memfd_create("fill") for _ in range(8)]
+            for _fd in _fds:
+                os.write(_fd, b"1" * (60 << 20))
+            time.sleep(5)
+        finally:
+            os._exit(0)
+    kids.append(pid)
+print("hostile: hogs ended:", [os.waitpid(p, 0)[1] for p in kids])
+'''),
+    V("hostile_sleep_after_tests", "after the tests: sleeps for an hour, past the cell limit: interrupted, not "
+      "retried (the student's own time), nothing lost",
+      append="import time\ntime.sleep(3600)\n"),
+]
