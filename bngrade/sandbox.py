@@ -73,9 +73,9 @@ from traitlets import Bool, DottedObjectName, Float, Integer, List, Type, Unicod
 
 from bngrade import sandbox_policy as policy
 from bngrade.sandbox_bwrap import kernel_site_binds, sandbox_argv  # noqa: F401 (kernel_site_binds: re-exported)
-from bngrade.sandbox_cgroup import Cgroup, CgroupUnavailable
+from bngrade.sandbox_cgroup import Cgroup, CgroupUnavailable, sweep_stale
 from bngrade.sandbox_files import (copy_given_files, private_tmpfs, read_results,  # noqa: F401 (re-exported)
-                                   submission_refusals, unmount)
+                                   run_dir_prefix, submission_refusals, sweep_stale_mounts, unmount)
 from bngrade.sandbox_seccomp import SeccompUnavailable, compile_filter
 
 INSIDE_RESULTS = policy.RESULTS
@@ -135,6 +135,20 @@ class SandboxedKernelManager(AsyncKernelManager):
             msg = self.session.msg("interrupt_request", content={})
             self._connect_control_socket()
             self.session.send(self._control_socket, msg)
+
+
+def _lowered_own_priority(pid):
+    """Did the kernel lower its priority below the grader's (nice, SCHED_BATCH, SCHED_IDLE)? Its own doing then."""
+    def nice_and_policy(p):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[16]), int(fields[38])  # nice; policy (3 SCHED_BATCH, 5 SCHED_IDLE)
+
+    try:
+        (nice, policy_), (own_nice, own_policy) = nice_and_policy(pid), nice_and_policy("self")
+    except (OSError, ValueError, IndexError):
+        return False
+    return nice > own_nice or (policy_ in (3, 5) and policy_ != own_policy)
 
 
 def _schedstat(pid):
@@ -243,6 +257,10 @@ class SandboxedExecute(Execute):
         """Raise SandboxUnavailable unless a trial sandbox runs python (once per process)."""
         key = (self.bwrap_path, self.setpriv_path)
         if key not in self._trials:
+            if os.geteuid() == 0:  # what graders killed with SIGKILL left behind (their sandboxes died with them)
+                stale = sweep_stale() + sweep_stale_mounts()
+                if stale:
+                    self.log.info("bngrade: removed %d cgroups and IPC mounts of graders no longer running", len(stale))
             self._trials[key] = self._trial()
         if self._trials[key] is not True:
             msg = (f"bngrade refuses to autograde without a sandbox: {self._trials[key]}. Install bubblewrap "
@@ -311,7 +329,7 @@ class SandboxedExecute(Execute):
     # ------------------------------------------------------------------ the run directory
     def _new_run_dir(self):
         """run/ (0711) with conn/ (the connection file: the sandbox reads, cannot write) and ipc/ (sockets)."""
-        run = tempfile.mkdtemp(prefix="bngrade-run-", dir=self.scratch_dir or None)
+        run = tempfile.mkdtemp(prefix=run_dir_prefix(), dir=self.scratch_dir or None)
         os.chmod(run, 0o711)
         os.mkdir(os.path.join(run, "conn"), 0o711)
         ipc = os.path.join(run, "ipc")
@@ -549,7 +567,8 @@ class SandboxedExecute(Execute):
             return False
         ran, waited, wall = (s1[0] - s0[0]) / 1e9, (s1[1] - s0[1]) / 1e9, w1 - w0
         busy_itself = c0 is not None and c1 is not None and (c1 - c0) >= 0.5 * wall
-        return waited >= 0.25 * wall and waited > ran and not busy_itself
+        return (waited >= 0.25 * wall and waited > ran and not busy_itself
+                and not _lowered_own_priority(self._kernel_pid))
 
     def _harvest(self, report):
         root, relative = self._results_at()

@@ -190,3 +190,24 @@ class Cgroup:
                     break
                 except OSError:
                     time.sleep(0.02)
+
+
+def sweep_stale():
+    """Remove the empty groups of graders that no longer run (one killed with SIGKILL leaves its group)."""
+    removed = []
+    for controller, (mounted, own) in _own_groups().items():
+        parent = os.path.join(CGROUP_FS, mounted, own.lstrip("/")) if controller else None
+        if parent is None or not os.path.isdir(parent):
+            continue
+        for name in os.listdir(parent):
+            parts = name.split("-")
+            if len(parts) != 3 or parts[0] != "bngrade" or not parts[1].isdigit():
+                continue
+            if os.path.exists(f"/proc/{parts[1]}"):
+                continue  # its grader still runs (or the pid was reused: leave it)
+            try:
+                os.rmdir(os.path.join(parent, name))  # only an empty group can be removed
+                removed.append(os.path.join(parent, name))
+            except OSError:
+                pass
+    return removed

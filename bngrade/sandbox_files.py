@@ -17,6 +17,8 @@
 import ctypes
 import errno
 import os
+import re
+import shutil
 import stat
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -223,3 +225,22 @@ def private_tmpfs(path, size_bytes, uid, gid, max_files=64):
 def unmount(path):
     """Detach the tmpfs at `path` (its pages are freed once no process holds a file of it)."""
     _libc().umount2(os.fsencode(path), _MNT_DETACH)
+
+
+def run_dir_prefix():
+    """Run directories are named after their grader's pid, so a sweep can tell the stale ones."""
+    return f"bngrade-run-{os.getpid()}-"
+
+
+def sweep_stale_mounts():
+    """Unmount and remove the IPC tmpfs of run directories whose grader no longer runs (killed with SIGKILL)."""
+    removed = []
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in points:
+        m = re.search(r"/bngrade-run-(\d+)-[^/]+/ipc$", point)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            unmount(point)
+            shutil.rmtree(os.path.dirname(point), ignore_errors=True)
+            removed.append(point)
+    return removed

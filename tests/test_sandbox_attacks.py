@@ -347,8 +347,12 @@ def _starve_when_the_kernel_starts(uid, seconds):
 
 
 @ROOT_ONLY
-def test_a_timeout_under_real_starvation_is_retried(tmp_path):
-    """A busy host process at a higher priority starves the kernel: its timeout is load, not the student."""
+@pytest.mark.parametrize("own_nice", [False, True])
+def test_a_timeout_under_real_starvation_is_retried(tmp_path, own_nice):
+    """A busy host process at a higher priority starves the kernel: its timeout is load, not the student.
+
+    Unless the kernel lowered its own priority (os.nice(19)): then the waiting is its own doing, not retried.
+    """
     import threading
 
     sub, graded = _course(tmp_path)
@@ -357,7 +361,8 @@ def test_a_timeout_under_real_starvation_is_retried(tmp_path):
         _starve_when_the_kernel_starts(SandboxedExecute().sandbox_uid(), 10)))
     watcher.start()
     try:
-        nb, res = _execute(graded, _notebook("n = 0\nwhile True:\n    n += 1"), timeout=5, retry_on_timeout=True)
+        spin = ("import os\nos.nice(19)\n" if own_nice else "") + "n = 0\nwhile True:\n    n += 1"
+        nb, res = _execute(graded, _notebook(spin), timeout=5, retry_on_timeout=True)
     finally:
         watcher.join()
         for h in hog:
@@ -366,4 +371,25 @@ def test_a_timeout_under_real_starvation_is_retried(tmp_path):
                 h.wait()
     ex = res["bngrade_execution"]
     assert hog and hog[0] is not None
-    assert ex["timed_out"] and ex["retried"] and "loaded" in ex["message"], ex
+    if own_nice:
+        assert ex["timed_out"] and not ex["retried"] and not ex["starved"], ex
+    else:
+        assert ex["timed_out"] and ex["retried"] and "loaded" in ex["message"], ex
+
+
+@ROOT_ONLY
+@CGROUP
+def test_what_a_killed_grader_left_is_swept(tmp_path):
+    """A grader killed with SIGKILL leaves its (empty) cgroup and its IPC tmpfs: the next grader removes them."""
+    from bngrade.sandbox_cgroup import CGROUP_FS, _own_groups, sweep_stale
+    from bngrade.sandbox_files import private_tmpfs, sweep_stale_mounts
+
+    dead = next(p for p in range(4_000_000, 4_100_000) if not os.path.exists(f"/proc/{p}"))
+    mounted, own = _own_groups()["memory"]
+    group = Path(CGROUP_FS) / mounted / own.lstrip("/") / f"bngrade-{dead}-0"
+    group.mkdir()
+    ipc = tmp_path / f"bngrade-run-{dead}-x" / "ipc"
+    ipc.mkdir(parents=True)
+    assert private_tmpfs(str(ipc), 1 << 20, 0, 0) is None
+    assert str(group) in sweep_stale() and str(ipc) in sweep_stale_mounts()
+    assert not group.exists() and not ipc.parent.exists()
