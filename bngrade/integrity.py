@@ -5,7 +5,8 @@ IPython's own input transformations, so `!cmd` and `%magic` lines parse as the
 calls they become) and reads the syntax tree. Words in strings, comments and
 docstrings are never looked at.
 
-Two checks, with different consequences:
+Nothing here changes a score (issue 14): what a static analysis says about
+code is evidence for a person. Three parts:
 
 * `suspicious_code(source)` / `suspicious_notebook(nb)`: code that reaches for
   the machinery around the tests (stack frames, `sys.modules`, `ctypes`,
@@ -14,10 +15,15 @@ Two checks, with different consequences:
   instructor (see `bngrade.integrity_preprocessors.ReportSuspiciousCode`) and
   never cost marks: the sandbox and the verdict outside the kernel are the
   defence; the report says where a person should look.
-* `closed_form_problem(nb)`: "batchnorm_backward_alt must not call the staged
-  batchnorm_backward", decided by a call graph over the notebook's top-level
-  definitions. `bngrade`'s scorer zeroes the closed-form tests when it
-  returns a message.
+* `closed_form_problem(nb)`: does batchnorm_backward_alt reach the staged
+  batchnorm_backward? A call graph over the notebook's top-level definitions
+  (rule below). It used to zero the closed-form tests; it missed routes and
+  punished honest structure, so it is now one line of the code review.
+* `closed_form_evidence(nb)`: the ranked code review of the backwards for the
+  person grading the derivation: the call graph's finding, routes it does not
+  follow, signs of a numerical derivative of the forward (see that section).
+* `analyse(nb)` / `analyse_within_budget(nb)`: all of the above for one
+  notebook, in a child process bounded in input size, time and memory.
 
 The call-graph rule (decided here, stated once):
 
@@ -736,9 +742,23 @@ def _line(source, lineno):
     return text[:120] + ("..." if len(text) > 120 else "")
 
 
+@functools.lru_cache(maxsize=256)
+def _line_offset(source):
+    """Lines IPython's transformation dropped at the top of a cell (leading blank lines): tree lines + this."""
+    lines = source.split("\n")
+    k = 0
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    first = python_source(source).split("\n")[0].strip()
+    return k if k < len(lines) and first == lines[k].strip() else 0
+
+
 def _where(label, source, node):
     lineno = getattr(node, "lineno", 0)
-    return f"{label}, line {lineno}: `{_line(source, lineno)}`" if lineno else label
+    if not lineno:
+        return label
+    lineno += _line_offset(source)
+    return f"{label}, line {lineno}: `{_line(source, lineno)}`"
 
 
 def _defs_named(tree, names):
