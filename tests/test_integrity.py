@@ -295,9 +295,11 @@ ROUTES = {  # route: (cells, a text the evidence must contain, its rank word)
     "a global in a function": ([STAGED, ALT, "def _later():\n    global batchnorm_backward_alt\n"
                                 "    batchnorm_backward_alt = batchnorm_backward\n_later()\n"],
                                "`global` declaration", "strong"),
-    "a pre_run_cell hook": ([STAGED, ALT, "def _swap(*a):\n    globals()['batchnorm_backward_alt'] = batchnorm_backward\n"
+    "a pre_run_cell hook": ([STAGED, ALT, "def _swap(*a):\n"
+                             "    globals()['batchnorm_backward_alt'] = batchnorm_backward\n"
                              "get_ipython().events.register('pre_run_cell', _swap)\n"], "pre_run_cell hook", "strong"),
-    "a direct call (the call graph)": ([STAGED, "def batchnorm_backward_alt(d, c):\n    return batchnorm_backward(d, c)\n"],
+    "a direct call (the call graph)": ([STAGED, "def batchnorm_backward_alt(d, c):\n"
+                                                "    return batchnorm_backward(d, c)\n"],
                                        "call graph: batchnorm_backward_alt calls batchnorm_backward", "strong"),
     "a complex-step backward": (["def batchnorm_forward(x, g, b, p):\n    return x * g + b, (x, g, b)\n",
                                  "def batchnorm_backward(dout, cache):\n    x, g, b = cache\n"
