@@ -45,7 +45,8 @@ MAX_CELL_LINES = 60
 def _is_instructor_note(cell):
     source = cell.get("source", "")
     source = "".join(source) if isinstance(source, list) else source
-    return cell.get("cell_type") == "markdown" and source.lstrip().startswith(INSTRUCTOR_ONLY)
+    return cell.get("cell_type") == "markdown" and "nbgrader" not in (cell.get("metadata") or {}) \
+        and source.lstrip().startswith(INSTRUCTOR_ONLY)
 
 
 RESTORED_KEY = "bngrade_restored_cells"  # notebook metadata: what RestoreMissingCells put back, for the report
