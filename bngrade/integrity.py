@@ -791,7 +791,7 @@ def _route_findings(label, source, tree, closed, staged):
         if how:
             out.append((STRONG, _where(label, source, node), f"{closed} is bound by {how}"))
         # the staged backward handed around as a value (stored, appended, registered, passed)
-        if isinstance(node, ast.Call):
+        if isinstance(node, ast.Call) and _call_name(node).split(".")[-1] != "run_cases":  # the tests' harness
             for arg in list(node.args) + [k.value for k in node.keywords]:
                 if isinstance(arg, ast.Name) and arg.id == staged:
                     out.append((WORTH_A_LOOK, _where(label, source, node),

@@ -568,6 +568,9 @@ def test_course_config_scores_outside_the_kernel_before_grades_are_saved():
     names = [p.__name__ for p in c.Autograde.autograde_preprocessors]
     assert names.index("SandboxedExecute") < names.index("ScoreOutsideKernel") < names.index("SaveAutoGrades")
     assert "Execute" not in names and "FlagTampering" not in names
-    assert c.OverwriteCells.add_missing_cells is True
+    # deleted cells come back through RestoreMissingCells (nbgrader's add_missing_cells raised KeyError)
+    assert c.OverwriteCells.add_missing_cells is False
+    sanitize = [p.__name__ for p in c.Autograde.sanitize_preprocessors]
+    assert sanitize.index("RestoreMissingCells") < sanitize.index("OverwriteCells")
     names = [p.__name__ for p in c.GenerateFeedback.preprocessors]
     assert "ClearHiddenTests" in names and "ScrubHiddenTestsFromOutputs" in names
