@@ -545,7 +545,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
             {"test_train_output"}, edits={FWD: [("xc / np.sqrt(var + eps)", "xc / (np.sqrt(var) + eps)")]},
             mutation="edit:test_train_output"),
     Variant("deleted_test_cell", "bn_forward", "integrity",
-            "a buggy eval and its test cell deleted: add_missing_cells restores it and it fails",
+            "a buggy eval and its test cell deleted: RestoreMissingCells restores it and it fails",
             {"test_eval"}, edits={FWD: [("np.sqrt(running_var + eps)", "np.sqrt(running_var)")]},
             mutation="delete:test_eval"),
     Variant("retyped_test_cell", "bn_forward", "integrity",
