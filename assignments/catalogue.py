@@ -203,6 +203,58 @@ def batchnorm_backward(dout, cache):
     dbeta = np.sum(dout, axis=0)
     return dx, dgamma, dbeta
 '''}),
+    Variant("plain_python_loops", "bn_backward_graph", "correct",
+            "forward and backward in plain Python loops, element by element (O(N*D), slow but honest): it "
+            "finishes the cases at scale (x (200000, 2)) well within the cell timeout, also at load; full marks",
+            cells={FWD: '''
+def batchnorm_forward(x, gamma, beta, bn_param):
+    mode = bn_param.get("mode", "train")
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.1)
+    N, D = x.shape
+    running_mean = bn_param.get("running_mean", np.zeros(D, dtype=x.dtype))
+    running_var = bn_param.get("running_var", np.ones(D, dtype=x.dtype))
+    if mode not in ("train", "test", "eval"):
+        raise ValueError(f"invalid batch-norm mode {mode!r}")
+    out, cache = np.empty_like(x), None
+    if mode == "train":
+        xhat, inv = np.empty(x.shape), np.empty(D)
+        mu, var = np.empty(D), np.empty(D)
+        for j in range(D):
+            column = x[:, j].tolist()
+            m = sum(column) / N
+            v = sum((c - m) ** 2 for c in column) / N
+            s = 1.0 / (v + eps) ** 0.5
+            mu[j], var[j], inv[j] = m, v, s
+            g, b = float(gamma[j]), float(beta[j])
+            xh = [(c - m) * s for c in column]
+            xhat[:, j] = xh
+            out[:, j] = [g * h + b for h in xh]
+        running_mean = (1 - momentum) * running_mean + momentum * mu
+        running_var = (1 - momentum) * running_var + momentum * var * N / (N - 1)
+        cache = {"xhat": xhat, "inv_std": inv, "gamma": gamma, "N": N}
+    else:
+        out = gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return out, cache
+''', BWD: '''
+def batchnorm_backward(dout, cache):
+    xhat, inv, gamma, N = cache["xhat"], cache["inv_std"], cache["gamma"], cache["N"]
+    D = xhat.shape[1]
+    dx, dgamma, dbeta = np.empty(dout.shape), np.empty(D), np.empty(D)
+    for j in range(D):
+        d, h = dout[:, j].tolist(), xhat[:, j].tolist()
+        db = 0.0
+        dg = 0.0
+        for i in range(N):  # gate by gate, one element at a time
+            db += d[i]
+            dg += d[i] * h[i]
+        k = float(gamma[j]) * float(inv[j]) / N
+        dx[:, j] = [k * (N * d[i] - db - h[i] * dg) for i in range(N)]
+        dgamma[j], dbeta[j] = dg, db
+    return dx.astype(dout.dtype), dgamma, dbeta
+'''}),
     Variant("closed_form_in_graph", "bn_backward_graph", "correct", "the closed form is also a correct gradient",
             cells={BWD: '''
 def batchnorm_backward(dout, cache):
@@ -242,6 +294,28 @@ def batchnorm_backward_alt(dout, cache):
     Variant("alt_bnkit_form", "bn_backward_fast", "correct", "gamma * inv_std * (dout - (dbeta + xhat * dgamma) / N)",
             edits={ALT: [("dx = (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma)",
                           "dx = gamma * inv_std * (dout - (dbeta + xhat * dgamma) / N)")]}),
+    Variant("alt_float32_path", "bn_backward_fast", "correct",
+            "a float32 path (computes in float32 when the input is float32, float64 otherwise): full marks, "
+            "the case at scale included",
+            cells={ALT: '''
+def batchnorm_backward_alt(dout, cache):
+    xhat, gamma, inv_std, N = cache["xhat"], cache["gamma"], cache["inv_std"], cache["N"]
+    if dout.dtype == np.float32:  # half the memory traffic
+        xhat, gamma, inv_std = (np.asarray(a, dtype=np.float32) for a in (xhat, gamma, inv_std))
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dx = (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma)
+    return dx.astype(dout.dtype), dgamma.astype(dout.dtype), dbeta
+'''}),
+    Variant("alt_einsum", "bn_backward_fast", "correct", "written with np.einsum: full marks, the case at scale included",
+            cells={ALT: '''
+def batchnorm_backward_alt(dout, cache):
+    xhat, gamma, inv_std, N = cache["xhat"], cache["gamma"], cache["inv_std"], cache["N"]
+    dbeta = np.einsum("nd->d", dout)
+    dgamma = np.einsum("nd,nd->d", dout, xhat)
+    dx = np.einsum("d,nd->nd", gamma * inv_std / N, N * dout - dbeta - xhat * dgamma)
+    return dx, dgamma, dbeta
+'''}),
     Variant("alt_from_xc_and_std", "bn_backward_fast", "correct", "from the centred x and std, not xhat",
             cells={ALT: '''
 def batchnorm_backward_alt(dout, cache):
@@ -338,6 +412,30 @@ def layernorm_backward(dout, cache):
     dx_t, _, _ = batchnorm_backward((dout * gamma).T, bn_cache)
     return dx_t.T, (dout * xhat).sum(axis=0), dout.sum(axis=0)
 '''}),
+    Variant("layernorm_backward_loops", "bn_spatial_layernorm", "correct",
+            "layer norm's backward in plain Python loops (O(N*D)): finishes the case at scale, (2, 200000), in "
+            "seconds; full marks",
+            edits={LN: [("""    xhat, gamma, inv_std = cache
+    D = xhat.shape[1]
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dxhat = dout * gamma
+    dx = inv_std / D * (D * dxhat - dxhat.sum(axis=1, keepdims=True)
+                        - xhat * (dxhat * xhat).sum(axis=1, keepdims=True))""", """    xhat, gamma, inv_std = cache
+    N, D = xhat.shape
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dx = np.empty(dout.shape)
+    g = gamma.tolist()
+    for i in range(N):  # one sample at a time, one element at a time
+        d, h, s = dout[i].tolist(), xhat[i].tolist(), float(inv_std[i, 0])
+        dxh = [d[j] * g[j] for j in range(D)]
+        a = 0.0
+        b = 0.0
+        for j in range(D):
+            a += dxh[j]
+            b += dxh[j] * h[j]
+        dx[i] = [s / D * (D * dxh[j] - a - h[j] * b) for j in range(D)]""")]}),
     Variant("layernorm_np_var", "bn_spatial_layernorm", "correct", "np.var for the per-sample variance",
             edits={LN: [("1.0 / np.sqrt((xc ** 2).mean(axis=1, keepdims=True) + eps)",
                          "1.0 / np.sqrt(x.var(axis=1, keepdims=True) + eps)")]}),
@@ -447,7 +545,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
             {"test_train_output"}, edits={FWD: [("xc / np.sqrt(var + eps)", "xc / (np.sqrt(var) + eps)")]},
             mutation="edit:test_train_output"),
     Variant("deleted_test_cell", "bn_forward", "integrity",
-            "a buggy eval and its test cell deleted: add_missing_cells restores it and it fails",
+            "a buggy eval and its test cell deleted: RestoreMissingCells restores it and it fails",
             {"test_eval"}, edits={FWD: [("np.sqrt(running_var + eps)", "np.sqrt(running_var)")]},
             mutation="delete:test_eval"),
     Variant("retyped_test_cell", "bn_forward", "integrity",
@@ -462,16 +560,20 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     Variant("metadata_stripped", "bn_forward", "integrity",
             "every cell's nbgrader metadata removed: nbgrader cannot grade it; a clear failure for this "
             "student only (course.check_submissions says why)", None, mutation="strip_metadata"),
-    Variant("alt_calls_staged", "bn_backward_fast", "integrity", "the closed form just calls the staged backward",
-            {"test_alt_dx", "test_alt_dparams"}, cells={ALT: '''
+    Variant("alt_calls_staged", "bn_backward_fast", "residual",
+            "the closed form just calls the staged backward: right numbers, full marks (issue 14: the shape of "
+            "the code is a code review); the report and the formgrader show it, ranked strong",
+            frozenset(), report=("code review: [strong]", "calls batchnorm_backward"), cells={ALT: '''
 def batchnorm_backward_alt(dout, cache):
     return batchnorm_backward(dout, cache)
 '''}),
-    Variant("alt_is_staged_alias", "bn_backward_fast", "integrity", "batchnorm_backward_alt = batchnorm_backward",
-            {"test_alt_dx", "test_alt_dparams"}, cells={ALT: "batchnorm_backward_alt = batchnorm_backward\n"}),
-    Variant("alt_calls_staged_copy", "bn_backward_fast", "integrity",
-            "the closed form calls a renamed copy of the staged backward (same code)",
-            {"test_alt_dx", "test_alt_dparams"}, mutation="alt_via_copy"),
+    Variant("alt_is_staged_alias", "bn_backward_fast", "residual",
+            "batchnorm_backward_alt = batchnorm_backward: full marks, shown to the instructor as strong evidence",
+            frozenset(), report=("code review: [strong]", "under another name"),
+            cells={ALT: "batchnorm_backward_alt = batchnorm_backward\n"}),
+    Variant("alt_calls_staged_copy", "bn_backward_fast", "residual",
+            "the closed form calls a renamed copy of the staged backward (same code): full marks, reported",
+            frozenset(), report=("code review: [strong]", "renamed copy"), mutation="alt_via_copy"),
 ]
 
 # ---- issue 8: cases by class (see the issue's "What was measured"); each states its grades.
@@ -674,21 +776,20 @@ ISSUE8 = [
             feedback={"test_train_output": ["RuntimeError: my forward is not finished"]},
             edits={FWD: [("        mu = x.mean(axis=0)\n",
                           "        raise RuntimeError('my forward is not finished')\n        mu = x.mean(axis=0)\n")]}),
-    # -- the closed form must not call the staged backward (checked outside, from the notebook's code)
-    Variant("alt_default_argument", "bn_backward_fast", "integrity",
-            "the staged backward smuggled in as a default argument", {"test_alt_dx", "test_alt_dparams"},
-            expect={"test_alt_dx": 0, "test_alt_dparams": 0}, report=("closed form:",),
-            feedback={"test_alt_dx": ["must not"]}, cells={ALT: '''
+    # -- the closed form must not call the staged backward: a code review since issue 14 (no score changes;
+    #    the report and the formgrader show the evidence, ranked)
+    Variant("alt_default_argument", "bn_backward_fast", "residual",
+            "the staged backward smuggled in as a default argument: full marks, reported (strong)", frozenset(),
+            report=("code review: [strong]", "batchnorm_backward"), cells={ALT: '''
 def batchnorm_backward_alt(dout, cache, _impl=batchnorm_backward):
     return _impl(dout, cache)
 '''}),
-    Variant("alt_lambda", "bn_backward_fast", "integrity", "a lambda around the staged backward",
-            {"test_alt_dx", "test_alt_dparams"}, expect={"test_alt_dx": 0, "test_alt_dparams": 0},
+    Variant("alt_lambda", "bn_backward_fast", "residual", "a lambda around the staged backward: full marks, reported",
+            frozenset(), report=("code review: [strong]",),
             cells={ALT: "batchnorm_backward_alt = lambda dout, cache: batchnorm_backward(dout, cache)\n"}),
-    Variant("alt_shared_helper_does_the_work", "bn_backward_fast", "integrity",
-            "staged and closed form both call one helper holding the gate-by-gate backward",
-            {"test_alt_dx", "test_alt_dparams"}, expect={"test_alt_dx": 0, "test_alt_dparams": 0},
-            feedback={"test_alt_dx": ["share"]},
+    Variant("alt_shared_helper_does_the_work", "bn_backward_fast", "residual",
+            "staged and closed form both call one helper holding the gate-by-gate backward: full marks, reported",
+            frozenset(), report=("code review: [strong]", "share _gates"),
             edits={BWD: [("def batchnorm_backward(dout, cache):", "def _gates(dout, cache):"),
                          ("    return dx, dgamma, dbeta", "    return dx, dgamma, dbeta\n\n\n"
                           "def batchnorm_backward(dout, cache):\n    return _gates(dout, cache)")]},

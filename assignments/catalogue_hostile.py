@@ -369,3 +369,261 @@ print("hostile: hogs ended:", [os.waitpid(p, 0)[1] for p in kids])
       "retried (the student's own time), nothing lost",
       append="import time\ntime.sleep(3600)\n"),
 ]
+# --- skill (issue 14) ---
+# Marks without the skill, routes the call graph used to miss, the analysis budget, damaged notebooks.
+# The backwards' cases at scale (bngrade/cases.py, LARGE_ROWS x LARGE_COLUMNS) gate their tests: a
+# numerical derivative of the forward cannot finish them within the cell timeout, which the grader
+# measures outside the kernel. What the code looks like is evidence for a person (the ranked "code
+# review" lines of the report and of the formgrader's notebook), never a score.
+BWD, ALT = "batchnorm_backward", "batchnorm_backward_alt"
+KEEP_INPUTS = ('cache = {"xc": xc, "std": std, "inv_std": inv_std, "xhat": xhat, "gamma": gamma, "N": N}',
+               'cache = {"xc": xc, "std": std, "inv_std": inv_std, "xhat": xhat, "gamma": gamma, "N": N, '
+               '"x": x, "beta": beta, "eps": eps}')
+BOTH_GRAPH = frozenset({"test_backward_dx", "test_backward_dparams"})
+BOTH_FAST = frozenset({"test_alt_dx", "test_alt_dparams"})
+CLOSED = '''
+def batchnorm_backward_alt(dout, cache):
+    xhat, gamma, inv_std, N = cache["xhat"], cache["gamma"], cache["inv_std"], cache["N"]
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    return (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma), dgamma, dbeta
+'''
+
+
+def S(name, assignment, kind, why, lose=frozenset(), **kw):
+    return Variant(name, assignment, kind, why, frozenset(lose) if lose is not None else None, **kw)
+
+
+SKILL = [
+    # ---- a backward that differentiates the forward: exact on small cases, cannot finish the case at scale
+    S("skill_complex_step_backward", "bn_backward_graph", "integrity",
+      "dx, dgamma, dbeta by the complex step through the student's own forward, one row of every feature "
+      "per pass (features are independent): exact on the small cases, N passes at scale: times out, so "
+      "both backward tests score zero; the code review names the forward call and the complex numbers",
+      BOTH_GRAPH, expect={"test_backward_dx": 0, "test_backward_dparams": 0},
+      report=("code review:", "reaches the forward", "complex"),
+      feedback={"test_backward_dx": ["at scale"]},
+      edits={"batchnorm_forward": [KEEP_INPUTS]}, cells={BWD: '''
+def batchnorm_backward(dout, cache):
+    x, gamma, beta, eps = cache["x"], cache["gamma"], cache["beta"], cache["eps"]
+    h = 1e-30
+
+    def out(x, gamma):
+        return batchnorm_forward(x, gamma, beta, {"mode": "train", "eps": eps})[0]
+    dx = np.zeros(x.shape)
+    for i in range(x.shape[0]):  # row i of every feature at once: the features do not interact
+        xp = x.astype(complex)
+        xp[i] += 1j * h
+        dx[i] = (out(xp, gamma).imag / h * dout).sum(axis=0)
+    dgamma = np.zeros(gamma.shape)
+    for j in range(gamma.size):
+        gp = gamma.astype(complex)
+        gp[j] += 1j * h
+        dgamma[j] = (out(x, gp).imag / h * dout).sum()
+    return dx, dgamma, dout.sum(axis=0)
+'''}),
+    S("skill_gradcheck_extrapolated", "bn_backward_fast", "integrity",
+      "the closed form as bnkit.gradcheck's centred differences, Richardson-extrapolated (h and h/2): passes "
+      "the small cases, one element per pass at scale: times out, both closed-form tests score zero",
+      BOTH_FAST, expect={"test_alt_dx": 0, "test_alt_dparams": 0}, report=("code review:", "numerical"),
+      edits={"batchnorm_forward": [KEEP_INPUTS]}, cells={ALT: '''
+from bnkit.gradcheck import numerical_gradient
+
+
+def batchnorm_backward_alt(dout, cache):
+    x, gamma, beta, eps = cache["x"].astype(np.float64), cache["gamma"], cache["beta"], cache["eps"]
+
+    def grad(f, v, h):  # extrapolated: the h**2 error term cancels
+        return (4 * numerical_gradient(f, v, dout, h / 2) - numerical_gradient(f, v, dout, h)) / 3
+    scale = np.abs(x).max(axis=0) * 1e-6 + 1e-7
+    dx = grad(lambda v: batchnorm_forward(v, gamma, beta, {"mode": "train", "eps": eps})[0], x, scale.min())
+    dgamma = (dout * cache["xhat"]).sum(axis=0)
+    return dx.astype(dout.dtype), dgamma, dout.sum(axis=0)
+'''}),
+    S("skill_vectorised_differences", "bn_spatial_layernorm", "integrity",
+      "layer norm's backward as centred differences vectorised through its own forward: every sample's "
+      "feature j perturbed in one pass (samples are independent), many such columns stacked side by side "
+      "into one wide call; D passes' work at scale (x is (2, 200000)): times out, the test scores zero",
+      {"test_layernorm_backward"}, expect={"test_layernorm_backward": 0}, report=("code review:",),
+      edits={"layernorm": [("cache = (xhat, gamma, inv_std)", "cache = (xhat, gamma, inv_std, x, beta, eps)")]},
+      cells={"layernorm": None}),
+    S("skill_jvp_along_dout", "bn_backward_fast", "residual",
+      "NOT caught by a score: one complex-step derivative of the forward ALONG dout. Batch norm's Jacobian "
+      "is symmetric per feature, so J dout = J^T dout = dx: one forward pass, O(N*D), so the case at scale "
+      "passes (full marks). The report shows it (the backward reaches the forward; complex numbers) for a "
+      "person to read", frozenset(), report=("code review:", "reaches the forward", "symmetric"),
+      edits={"batchnorm_forward": [KEEP_INPUTS]}, cells={ALT: '''
+def batchnorm_backward_alt(dout, cache):
+    x, gamma, beta, eps = cache["x"], cache["gamma"], cache["beta"], cache["eps"]
+    h = 1e-30
+    out = batchnorm_forward(x + 1j * h * dout, gamma, beta, {"mode": "train", "eps": eps})[0]
+    dx = out.imag / h
+    return dx, (dout * cache["xhat"]).sum(axis=0), dout.sum(axis=0)
+'''}),
+    # ---- the closed form reaching the staged backward by routes the old call graph missed: full marks
+    #      (right numbers), the code review names the route for the person grading the derivation
+    S("skill_route_forward_cache", "bn_backward_fast", "residual",
+      "the forward puts the staged backward in its cache; the closed form calls cache['impl']",
+      report=("code review:", "batchnorm_backward is put in a dict", "reads from a container"),
+      edits={"batchnorm_forward": [(KEEP_INPUTS[0], KEEP_INPUTS[0][:-1] + ', "impl": batchnorm_backward}')]},
+      cells={ALT: 'def batchnorm_backward_alt(dout, cache):\n    return cache["impl"](dout, cache)\n'}),
+    S("skill_route_function_attribute", "bn_backward_fast", "residual",
+      "the staged backward kept as an attribute of the forward; the closed form calls batchnorm_forward.impl",
+      report=("code review:", "stored in an attribute", "calls an attribute of a function"),
+      cells={ALT: 'batchnorm_forward.impl = batchnorm_backward\n\n\n'
+                  'def batchnorm_backward_alt(dout, cache):\n    return batchnorm_forward.impl(dout, cache)\n'}),
+    S("skill_route_list_append", "bn_backward_fast", "residual",
+      "the staged backward appended to a list; the closed form calls _impls[0]",
+      report=("code review:", "passed as a value to _impls.append", "reads from a container"),
+      cells={ALT: '_impls = []\n_impls.append(batchnorm_backward)\n\n\n'
+                  'def batchnorm_backward_alt(dout, cache):\n    return _impls[0](dout, cache)\n'}),
+    S("skill_route_registering_decorator", "bn_backward_fast", "residual",
+      "a decorator registers the staged backward in a dict; the closed form calls it from there",
+      report=("code review:", "batchnorm_backward is decorated", "reads from a container"),
+      edits={BWD: [("def batchnorm_backward(dout, cache):",
+                    "_REGISTRY = {}\n\n\ndef register(f):\n    _REGISTRY[f.__name__] = f\n    return f\n\n\n"
+                    "@register\ndef batchnorm_backward(dout, cache):")]},
+      cells={ALT: 'def batchnorm_backward_alt(dout, cache):\n    return _REGISTRY["batchnorm_backward"](dout, cache)\n'}),
+    S("skill_route_for_target", "bn_backward_fast", "residual",
+      "the closed form's name bound as a for loop's target over [batchnorm_backward]",
+      report=("code review: [strong]", "for loop's target"),
+      cells={ALT: "for batchnorm_backward_alt in [batchnorm_backward]:\n    pass\n"}),
+    S("skill_route_walrus", "bn_backward_fast", "residual",
+      "the closed form's name bound by a walrus inside an expression",
+      report=("code review: [strong]", "walrus"),
+      cells={ALT: "print((batchnorm_backward_alt := batchnorm_backward).__name__)\n"}),
+    S("skill_route_pre_run_cell_hook", "bn_backward_fast", "residual",
+      "a wrong closed form, and an IPython pre_run_cell hook that rebinds it to the staged backward before "
+      "every cell, the tests included: what the kernel runs is the staged backward (right numbers); the "
+      "code review ranks the hook strong",
+      report=("code review: [strong]", "pre_run_cell"),
+      cells={ALT: '''
+def batchnorm_backward_alt(dout, cache):
+    return np.zeros_like(dout), np.zeros(dout.shape[1]), np.zeros(dout.shape[1])
+
+
+def _swap(*args):
+    globals()["batchnorm_backward_alt"] = batchnorm_backward
+
+
+get_ipython().events.register("pre_run_cell", _swap)
+'''}),
+    # ---- honest structure the call graph used to zero: full marks
+    S("skill_honest_class_methods", "bn_backward_fast", "honest",
+      "both backwards as methods of one class (old grader: 0/5): full marks",
+      expect={"test_alt_dx": 3, "test_alt_dparams": 2},
+      cells={BWD: '''
+class BatchNormBackward:
+    """Both backwards, as methods."""
+
+    def staged(self, dout, cache):
+        xc, std, inv_std, xhat, gamma, N = (cache[k] for k in ("xc", "std", "inv_std", "xhat", "gamma", "N"))
+        dxhat = gamma * dout
+        dxc = inv_std * dxhat
+        dvar = 0.5 * (-(xc * dxhat).sum(axis=0) / std ** 2) / std
+        dxc = dxc + 2 * xc * np.ones_like(xc) * dvar / N
+        dx = dxc - dxc.sum(axis=0) / N
+        return dx, (xhat * dout).sum(axis=0), dout.sum(axis=0)
+
+    def closed(self, dout, cache):
+        xhat, gamma, inv_std, N = cache["xhat"], cache["gamma"], cache["inv_std"], cache["N"]
+        dbeta, dgamma = dout.sum(axis=0), (dout * xhat).sum(axis=0)
+        return (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma), dgamma, dbeta
+
+
+_bn = BatchNormBackward()
+batchnorm_backward = _bn.staged
+''', ALT: "batchnorm_backward_alt = _bn.closed\n"}),
+    S("skill_honest_factory_closures", "bn_backward_fast", "honest",
+      "both backwards made by one factory function (closures; old grader: 0/5): full marks",
+      expect={"test_alt_dx": 3, "test_alt_dparams": 2},
+      cells={BWD: '''
+def _make_backwards():
+    def staged(dout, cache):
+        xc, std, inv_std, xhat, gamma, N = (cache[k] for k in ("xc", "std", "inv_std", "xhat", "gamma", "N"))
+        dxhat = gamma * dout
+        dxc = inv_std * dxhat + 2 * xc * (0.5 * (-(xc * dxhat).sum(axis=0) / std ** 2) / std) / N
+        return dxc - dxc.sum(axis=0) / N, (xhat * dout).sum(axis=0), dout.sum(axis=0)
+
+    def closed(dout, cache):
+        xhat, gamma, inv_std, N = cache["xhat"], cache["gamma"], cache["inv_std"], cache["N"]
+        dbeta, dgamma = dout.sum(axis=0), (dout * xhat).sum(axis=0)
+        return (gamma * inv_std / N) * (N * dout - dbeta - xhat * dgamma), dgamma, dbeta
+    return staged, closed
+
+
+batchnorm_backward, _closed = _make_backwards()
+''', ALT: "batchnorm_backward_alt = _closed\n"}),
+    S("skill_honest_self_check_branch", "bn_backward_fast", "honest",
+      "a correct closed form that calls the staged backward only in a self-check branch that never runs "
+      "(old grader: zeroed): full marks",
+      expect={"test_alt_dx": 3, "test_alt_dparams": 2},
+      cells={ALT: CLOSED.replace("def batchnorm_backward_alt(dout, cache):",
+                                 "def batchnorm_backward_alt(dout, cache, self_check=False):").replace(
+          "    return (gamma", "    dx = (gamma").replace(", dgamma, dbeta\n", "\n") +
+          "    if self_check:\n        assert np.allclose(dx, batchnorm_backward(dout, cache)[0])\n"
+          "    return dx, dgamma, dbeta\n"}),
+    # ---- the analysis is bounded: past its budget the report says so; scores are what the code earns
+    S("skill_budget_function_chain", "bn_backward_fast", "integrity",
+      "12,000 chained functions beside a correct closed form: the analysis (a child process with a size, "
+      "time and memory budget) says 'analysis budget exceeded'; full marks",
+      expect={"test_alt_dx": 3, "test_alt_dparams": 2}, report=("analysis budget exceeded",),
+      cells={ALT: CLOSED + "\n\ndef _f0(d, c):\n    return batchnorm_backward(d, c)\n" +
+             "".join(f"\n\ndef _f{i}(d, c):\n    return _f{i - 1}(d, c)\n" for i in range(1, 12000))}),
+    S("skill_budget_dead_block", "bn_backward_fast", "integrity",
+      "a 578 KB dead `if False:` block beside a correct closed form: 'analysis budget exceeded'; full marks",
+      expect={"test_alt_dx": 3, "test_alt_dparams": 2}, report=("analysis budget exceeded",),
+      cells={ALT: CLOSED + "\n\nif False:\n" +
+             "".join(f"    _v{i} = np.sum(_v{i - 1} * 2 + 1) - _w{i} / _z\n" for i in range(1, 13500))}),
+    # ---- damaged honest notebooks: restored, graded, reported
+    S("skill_deleted_first_test_cell", "bn_forward", "honest",
+      "the first test cell deleted by accident (old grader: KeyError in nbgrader's add_missing_cells, not "
+      "graded, 0/0): restored from the source, full marks, reported",
+      expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2},
+      report=("test cell 'test_train_output' was deleted",), mutation="delete:test_train_output"),
+    S("skill_deleted_setup_cell", "bn_forward", "honest",
+      "the locked setup cell (imports) deleted: restored from the source, full marks, reported",
+      expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2},
+      report=("locked cell 'setup' was deleted",), mutation="delete:setup"),
+    S("skill_answer_cell_retyped", "bn_forward", "honest",
+      "the written-answer cell deleted and the answer retyped in a new markdown cell (old grader: 0/0): the "
+      "answer cell comes back holding the retyped text, the tests score, reported",
+      expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2},
+      report=("answer cell 'train_eval_answer' was deleted",), mutation="retype_answer:train_eval_answer"),
+    S("skill_solution_cell_retyped_at_end", "bn_forward", "honest",
+      "the forward's answer cell deleted and the function retyped in a new cell after the tests: the answer "
+      "cell comes back holding it (where the tests can see it), full marks, reported",
+      expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 2},
+      report=("answer cell 'batchnorm_forward' was deleted",), mutation="retype_at_end:batchnorm_forward"),
+]
+
+LAYERNORM_DIFFERENCES = '''
+def layernorm_forward(x, gamma, beta, ln_param):
+    eps = ln_param.get("eps", 1e-5)
+    mu = x.mean(axis=1, keepdims=True)
+    xc = x - mu
+    inv_std = 1.0 / np.sqrt((xc ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = xc * inv_std
+    return gamma * xhat + beta, (xhat, gamma, inv_std, x, beta, eps)
+
+
+def layernorm_backward(dout, cache):
+    xhat, gamma, inv_std, x, beta, eps = cache
+    N, D = x.shape
+    h = (1e-4 * x.std(axis=1) + 1e-12)[None, :, None]  # a step per sample, (1, N, 1)
+    K = max(1, min(D, 4_000_000 // (N * D)))  # columns perturbed per call, stacked as extra samples
+    dx = np.zeros_like(x)
+    for start in range(0, D, K):
+        cols = np.arange(start, min(D, start + K))
+        plus = np.repeat(x[None], len(cols), axis=0)  # (k, N, D): copy k perturbs column cols[k]
+        minus = plus.copy()
+        plus[np.arange(len(cols)), :, cols] += h[0, :, 0]
+        minus[np.arange(len(cols)), :, cols] -= h[0, :, 0]
+        both = np.concatenate([plus, minus]).reshape(-1, D)
+        out = layernorm_forward(both, gamma, beta, {"eps": eps})[0].reshape(2, len(cols), N, D)
+        dx[:, cols] = (((out[0] - out[1]) / (2 * h)) * dout[None]).sum(axis=2).T
+    return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+'''
+SKILL[2].cells = {"layernorm": LAYERNORM_DIFFERENCES}
+SKILL[2].edits = {}
+HOSTILE += SKILL

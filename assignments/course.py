@@ -142,6 +142,16 @@ def mutate(nb, mutation, filled=None):
         i = index[gid]
         cells[i] = {"cell_type": "code", "execution_count": None, "id": "retyped", "metadata": {},
                     "outputs": [], "source": "print('all tests passed')  # " + gid + "\n"}
+    elif kind == "retype_answer":  # the answer cell deleted, its text retyped in a new plain cell in its place
+        i = index[gid]
+        cells[i] = {"cell_type": cells[i]["cell_type"], "id": "retyped-answer", "metadata": {},
+                    "source": "My answer, typed again: " + _source(cells[i])}
+        if cells[i]["cell_type"] == "code":
+            cells[i].update(outputs=[], execution_count=None)
+    elif kind == "retype_at_end":  # the answer cell deleted, the same code typed again in a new cell at the end
+        cell = cells.pop(index[gid])
+        cells.append({"cell_type": "code", "execution_count": None, "id": "retyped-at-end", "metadata": {},
+                      "outputs": [], "source": _source(cell)})
     elif kind == "strip_metadata":
         for c in cells:
             c["metadata"].pop("nbgrader", None)

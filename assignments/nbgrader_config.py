@@ -70,16 +70,23 @@ c.SandboxedExecute.max_output_bytes_per_cell = 1 << 20
 # instructor. nbgrader's own DeduplicateIds leaves the other copies with empty
 # nbgrader metadata, which a later sanitizer trips on (KeyError: 'grade_id'),
 # so the student was not graded at all.
-# Suspicious code is reported in reports/<assignment>/<student>/<notebook>.txt
-# and the log, after the verdict and before SaveAutoGrades; it never changes a
-# score (the sandbox and the verdict outside the kernel are the defence).
+# Suspicious code and the ranked code review of the backwards (does the closed
+# form reuse the staged backward? does a backward differentiate the forward?)
+# are reported in reports/<assignment>/<student>/<notebook>.txt, the log and a
+# markdown cell of the autograded notebook (formgrader; not in feedback), after
+# the verdict and before SaveAutoGrades; they never change a score (the
+# sandbox, the verdict outside the kernel and the cases at scale are the defence).
 from nbgrader.preprocessors import ClearOutput, OverwriteCells, OverwriteKernelspec  # noqa: E402
 
-from bngrade.integrity_preprocessors import (FeedbackShowsOnlyGraderOutputs, KeepLastDuplicate,  # noqa: E402
-                                             ReportSuspiciousCode)
+from bngrade.integrity_preprocessors import (DropInstructorNotes, FeedbackShowsOnlyGraderOutputs,  # noqa: E402
+                                             KeepLastDuplicate, ReportSuspiciousCode, RestoreMissingCells)
 
-c.Autograde.sanitize_preprocessors = [ClearOutput, KeepLastDuplicate, OverwriteKernelspec, OverwriteCells,
-                                      CheckCellMetadata]
+# A deleted cell of the source (test, locked or answer cell) comes back before OverwriteCells, and the
+# report says so: nbgrader's own add_missing_cells raised KeyError when the cell before the deleted one
+# was not a grade cell (e.g. the first test after the "## Tests" heading), and that student got 0/0.
+c.OverwriteCells.add_missing_cells = False
+c.Autograde.sanitize_preprocessors = [ClearOutput, KeepLastDuplicate, RestoreMissingCells, OverwriteKernelspec,
+                                      OverwriteCells, CheckCellMetadata]
 _pre = [p for p in c.Autograde.autograde_preprocessors if getattr(p, "__name__", "") != "FlagTampering"]
 if ReportSuspiciousCode not in _pre:  # right after the executor (and the verdict, where there is one)
     _after = max(i for i, p in enumerate(_pre) if getattr(p, "__name__", "") in ("Execute", "SandboxedExecute",
@@ -87,7 +94,15 @@ if ReportSuspiciousCode not in _pre:  # right after the executor (and the verdic
     _pre.insert(_after + 1, ReportSuspiciousCode)
 c.Autograde.autograde_preprocessors = _pre
 c.ReportSuspiciousCode.report_dir = "reports"
+# The code analysis (suspicious constructs, the ranked code review of the backwards) runs in a child
+# process with these limits; past them the report says "analysis budget exceeded". No score depends on it.
+c.ReportSuspiciousCode.analysis_timeout = 60
+c.ReportSuspiciousCode.analysis_memory_mb = 1024
+c.ReportSuspiciousCode.analysis_max_code_bytes = 256 * 1024
 # Feedback keeps only the outputs the grader wrote (the test cells'): a student's cell could print
 # the hidden cases, which the kernel had to run.
 if FeedbackShowsOnlyGraderOutputs not in c.GenerateFeedback.preprocessors:
     c.GenerateFeedback.preprocessors = [FeedbackShowsOnlyGraderOutputs] + list(c.GenerateFeedback.preprocessors)
+# ... and not the code review the grader wrote into the autograded notebook for the instructor (formgrader).
+if DropInstructorNotes not in c.GenerateFeedback.preprocessors:
+    c.GenerateFeedback.preprocessors = [DropInstructorNotes] + list(c.GenerateFeedback.preprocessors)

@@ -84,9 +84,10 @@ def _shape(x):
 class Check:
     """One capability: how to build inputs, drive the functions, describe the case."""
 
-    def __init__(self, what, make, drive, describe, roles=("forward",), tol=1e-6, axis=1):
+    def __init__(self, what, make, drive, describe, roles=("forward",), tol=1e-6, axis=1, gate=False):
         self.what, self.make, self.drive, self.describe = what, make, drive, describe
         self.roles, self.tol, self.axis = roles, tol, axis
+        self.gate = gate  # a case at scale: the cell's other cases count only when it passes (verdict.py)
 
 
 # -- forward, train mode ----------------------------------------------------
@@ -242,6 +243,55 @@ def _describe_layernorm(what):
     return describe
 
 
+# -- at scale: an O(N*D) backward finishes, differentiating the forward cannot ---
+#
+# Differentiating the forward numerically (complex step, finite differences,
+# bnkit.gradcheck) needs one forward pass per coupled input: every row of a
+# feature for batch norm (the features are independent, so a clever cheat
+# perturbs all of them at once), every feature of a sample for layer norm.
+# One pass costs O(N*D), so the whole gradient costs O(N^2*D) (batch norm)
+# or O(N*D^2) (layer norm). These cases make the coupled dimension 200,000
+# and the other one 2: an honest backward does about 400,000 multiply-adds
+# (numpy: milliseconds; plain Python loops: seconds), a numerical one about
+# 8e10 even perfectly vectorised, far past the grader's cell timeout, which
+# the grader's process measures outside the kernel. What passes or times out
+# is decided there; these cases are gates (`Check.gate`): the cell's other
+# cases count only when they pass. The full dx comes back (a fingerprint,
+# e.g. a few random projections of dx, would be a handful of directional
+# derivatives of the forward, cheap to compute numerically).
+
+LARGE_ROWS, LARGE_COLUMNS = 200_000, 2
+
+
+def _make_backward_large(rng):
+    x = _features(rng, LARGE_ROWS, LARGE_COLUMNS)
+    gamma, beta = _affine(rng, LARGE_COLUMNS)
+    dout = rng.randn(LARGE_ROWS, LARGE_COLUMNS)
+    return {"x": x, "gamma": gamma, "beta": beta, "bn_param": {"mode": "train"}, "dout": dout}
+
+
+def _make_spatial_large(rng):
+    N, H, W = LARGE_ROWS // 400, 20, 20  # 200,000 positions per channel
+    x = _to_nchw(_features(rng, N * H * W, LARGE_COLUMNS), N, H, W)
+    gamma, beta = _affine(rng, LARGE_COLUMNS)
+    return {"x": x, "gamma": gamma, "beta": beta, "bn_param": {"mode": "train"}, "dout": rng.randn(*x.shape)}
+
+
+def _make_layernorm_large(rng):
+    N, D = LARGE_COLUMNS, LARGE_ROWS  # layer norm couples the features of a sample: many features, few rows
+    x = _features(rng, D, N).T.copy()
+    gamma, beta = _affine(rng, D)
+    return {"x": x, "gamma": gamma, "beta": beta, "ln_param": {}, "dout": rng.randn(N, D)}
+
+
+def _describe_large(what):
+    def describe(inp):
+        return (f"{what} at scale, x {_shape(inp['x'])}: an O(N*D) backward takes about a second at most; "
+                "one that differentiates the forward numerically cannot finish (the other cases of this test "
+                "count only when this one passes)")
+    return describe
+
+
 def _make_nchw_train(rng):
     inp = _make_train(rng)
     N, C = inp["x"].shape
@@ -288,6 +338,19 @@ CHECKS = {
     "layernorm_backward": Check("layer norm backward", _make_layernorm,
                                 lambda f, i: _drive_layernorm(f, i, backward=True),
                                 _describe_layernorm("layer norm backward: dx, dgamma and dbeta"), roles=FB, axis=0),
+    # at scale (gates: see above)
+    "backward_dx_large": Check("dx at scale", _make_backward_large, _only(_drive_backward, ("dx",)),
+                               _describe_large("dx"), roles=FB, gate=True),
+    "backward_dparams_large": Check("dgamma and dbeta at scale", _make_backward_large,
+                                    _only(_drive_backward, ("dgamma", "dbeta")),
+                                    _describe_large("dgamma and dbeta (your whole backward runs)"), roles=FB,
+                                    gate=True),
+    "spatial_backward_large": Check("spatial backward at scale", _make_spatial_large, _drive_backward,
+                                    _spatial(_describe_large("backward: dx, dgamma and dbeta")), roles=FB, gate=True),
+    "layernorm_backward_large": Check("layer norm backward at scale", _make_layernorm_large,
+                                      _only(lambda f, i: _drive_layernorm(f, i, backward=True), ("dx",)),
+                                      _describe_large("layer norm backward: dx (dgamma and dbeta have cases above)"),
+                                      roles=FB, axis=0, gate=True),
 }
 
 

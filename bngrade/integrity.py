@@ -5,7 +5,8 @@ IPython's own input transformations, so `!cmd` and `%magic` lines parse as the
 calls they become) and reads the syntax tree. Words in strings, comments and
 docstrings are never looked at.
 
-Two checks, with different consequences:
+Nothing here changes a score (issue 14): what a static analysis says about
+code is evidence for a person. Three parts:
 
 * `suspicious_code(source)` / `suspicious_notebook(nb)`: code that reaches for
   the machinery around the tests (stack frames, `sys.modules`, `ctypes`,
@@ -14,10 +15,15 @@ Two checks, with different consequences:
   instructor (see `bngrade.integrity_preprocessors.ReportSuspiciousCode`) and
   never cost marks: the sandbox and the verdict outside the kernel are the
   defence; the report says where a person should look.
-* `closed_form_problem(nb)`: "batchnorm_backward_alt must not call the staged
-  batchnorm_backward", decided by a call graph over the notebook's top-level
-  definitions. `bngrade`'s scorer zeroes the closed-form tests when it
-  returns a message.
+* `closed_form_problem(nb)`: does batchnorm_backward_alt reach the staged
+  batchnorm_backward? A call graph over the notebook's top-level definitions
+  (rule below). It used to zero the closed-form tests; it missed routes and
+  punished honest structure, so it is now one line of the code review.
+* `closed_form_evidence(nb)`: the ranked code review of the backwards for the
+  person grading the derivation: the call graph's finding, routes it does not
+  follow, signs of a numerical derivative of the forward (see that section).
+* `analyse(nb)` / `analyse_within_budget(nb)`: all of the above for one
+  notebook, in a child process bounded in input size, time and memory.
 
 The call-graph rule (decided here, stated once):
 
@@ -52,7 +58,12 @@ afresh (not a copy) passes; identical code pasted into both functions is
 reported as a copy.
 """
 import ast
+import functools
 import io
+import json
+import os
+import subprocess
+import sys
 import tokenize
 
 STAGED = "batchnorm_backward"
@@ -113,8 +124,13 @@ def python_source(source):
         return source
 
 
+@functools.lru_cache(maxsize=256)
 def parse_cell(source):
-    """The syntax tree of one cell, or None when it does not parse (the kernel would raise too)."""
+    """The syntax tree of one cell, or None when it does not parse (the kernel would raise too).
+
+    Cached: the checks below read the same cells; a tree is never changed
+    by them beyond the `_parent` links the scanner sets.
+    """
     try:
         return ast.parse(python_source(source))
     except (SyntaxError, ValueError):
@@ -590,8 +606,12 @@ class CallGraph:
         return out
 
     def reach(self, start, avoid=None):
-        """Every binding reachable from `start` (itself included), never entering `avoid`; with paths."""
-        paths = {id(start): [start]}
+        """Every binding reachable from `start` (itself included), never entering `avoid`; with paths.
+
+        Iterative, and linear: each binding keeps only the one it was reached
+        from (`paths` rebuilds a path on demand).
+        """
+        parent = {id(start): None}
         seen = {id(start): start}
         todo = [start]
         while todo:
@@ -600,21 +620,38 @@ class CallGraph:
                 if used is avoid or id(used) in seen:
                     continue
                 seen[id(used)] = used
-                paths[id(used)] = paths[id(node)] + [used]
+                parent[id(used)] = node
                 todo.append(used)
-        return seen, paths
+        return seen, _Paths(parent, seen)
+
+
+class _Paths:
+    """paths[id(node)]: the bindings from the start to `node`, rebuilt from parent pointers."""
+
+    def __init__(self, parent, seen):
+        self.parent, self.seen = parent, seen
+
+    def __getitem__(self, key):
+        out, node = [self.seen[key]], self.parent[key]
+        while node is not None:
+            out.append(node)
+            node = self.parent[id(node)]
+        return list(reversed(out))
+
+    def __contains__(self, key):
+        return key in self.parent
 
 
 def _path_text(path):
     return " -> ".join(n.name for n in path)
 
 
-def closed_form_problem(nb, closed=CLOSED_FORM, staged=STAGED):
-    """Why `closed` does not stand on its own, or None when it does (see the module docstring).
+def closed_form_problem(nb, closed=CLOSED_FORM, staged=STAGED, graph=None):
+    """Why `closed` may not stand on its own, or None (see the module docstring). Evidence, not a verdict.
 
     `nb`: the notebook (nbformat node or dict), a list of cell sources, or one source.
     """
-    graph = CallGraph(nb)
+    graph = graph or CallGraph(nb)
     alt, bwd = graph.final.get(closed), graph.final.get(staged)
     if alt is None or bwd is None:
         return None
@@ -675,3 +712,288 @@ def keep_last_copies(nb):
         notes.append(f"grade id {gid!r} appears in {len(idx)} cells (cells {', '.join(str(i + 1) for i in idx)}): "
                      f"graded the last copy (cell {idx[-1] + 1}); the others ran as ordinary cells")
     return notes
+
+
+# --------------------------------------------------------------------------
+# Evidence for a person: how the backwards are built (ranked, never a score)
+# --------------------------------------------------------------------------
+#
+# "The closed form is not the staged graph" and "the backward is derived, not
+# a numerical derivative of the forward" are code-review properties. A
+# static analysis cannot decide them: it misses routes (eval of a built
+# string, an object filled at run time) and flags honest structure (a class
+# holding both backwards, closures from one factory, a self-check branch that
+# never runs). So nothing here changes a score: the grader measures what can
+# be measured (the numbers, and the cases at scale), and this lists what a
+# person should read, strongest first, with cell and line.
+
+STRONG, WORTH_A_LOOK, NOTE = 3, 2, 1
+RANK_WORDS = {STRONG: "strong", WORTH_A_LOOK: "worth a look", NOTE: "note"}
+BACKWARDS = ("batchnorm_backward", "batchnorm_backward_alt", "spatial_batchnorm_backward", "layernorm_backward")
+FORWARDS = ("batchnorm_forward", "spatial_batchnorm_forward", "layernorm_forward")
+HOOK_EVENTS = {"pre_run_cell", "post_run_cell", "pre_execute", "post_execute", "shell_initialized"}
+NUMERIC_NAMES = ("gradcheck", "numerical_gradient", "eval_numerical", "finite_diff", "complex_step")
+MAX_EVIDENCE = 40
+
+
+def _line(source, lineno):
+    lines = source.split("\n")
+    text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+    return text[:120] + ("..." if len(text) > 120 else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _line_offset(source):
+    """Lines IPython's transformation dropped at the top of a cell (leading blank lines): tree lines + this."""
+    lines = source.split("\n")
+    k = 0
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    first = python_source(source).split("\n")[0].strip()
+    return k if k < len(lines) and first == lines[k].strip() else 0
+
+
+def _where(label, source, node):
+    lineno = getattr(node, "lineno", 0)
+    if not lineno:
+        return label
+    lineno += _line_offset(source)
+    return f"{label}, line {lineno}: `{_line(source, lineno)}`"
+
+
+def _defs_named(tree, names):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in names]
+
+
+def _route_findings(label, source, tree, closed, staged):
+    """Routes the call graph does not follow, found in one cell: (rank, where, what)."""
+    out = []
+    top_defs = {id(n) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    for node in ast.walk(tree):
+        # the closed form's name bound some other way than a top-level def or assignment
+        how = None
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and closed in _store_names(node.target):
+            how = "a for loop's target"
+        elif isinstance(node, ast.ExceptHandler) and node.name == closed:
+            how = "an except clause's name"
+        elif isinstance(node, ast.NamedExpr) and getattr(node.target, "id", None) == closed:
+            how = "a walrus (:=)"
+        elif isinstance(node, (ast.With, ast.AsyncWith)) and any(
+                closed in _store_names(i.optional_vars) for i in node.items if i.optional_vars is not None):
+            how = "a with statement's name"
+        elif isinstance(node, ast.Global) and closed in node.names:
+            how = "a `global` declaration inside a function (rebinds it when that function runs)"
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == closed \
+                and id(node) not in top_defs and node not in _block_defs(tree):
+            how = "a def nested in another function"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == closed for a in node.names):
+            how = "an import"
+        if how:
+            out.append((STRONG, _where(label, source, node), f"{closed} is bound by {how}"))
+        # the staged backward handed around as a value (stored, appended, registered, passed)
+        if isinstance(node, ast.Call) and _call_name(node).split(".")[-1] != "run_cases":  # the tests' harness
+            for arg in list(node.args) + [k.value for k in node.keywords]:
+                if isinstance(arg, ast.Name) and arg.id == staged:
+                    out.append((WORTH_A_LOOK, _where(label, source, node),
+                                f"{staged} is passed as a value to {_call_name(node)} (it can be kept and called "
+                                "later, e.g. by the closed form)"))
+            if _call_name(node).endswith("register") and node.args and isinstance(node.args[0], ast.Constant) \
+                    and node.args[0].value in HOOK_EVENTS:
+                out.append((STRONG, _where(label, source, node),
+                            f"registers an IPython {node.args[0].value} hook: it runs before or after every cell, "
+                            "the test cells included, and can rebind the functions they test"))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Name) \
+                and node.value.id == staged:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(not isinstance(t, ast.Name) for t in targets):
+                out.append((WORTH_A_LOOK, _where(label, source, node),
+                            f"{staged} is stored in an attribute or a container"))
+        elif isinstance(node, (ast.Dict, ast.Tuple, ast.List, ast.Set)):
+            values = node.values if isinstance(node, ast.Dict) else node.elts
+            if any(isinstance(v, ast.Name) and v.id in (staged,) for v in values):
+                out.append((WORTH_A_LOOK, _where(label, source, node),
+                            f"{staged} is put in a {type(node).__name__.lower()} (e.g. the forward's cache)"))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == staged and node.decorator_list:
+            out.append((WORTH_A_LOOK, _where(label, source, node),
+                        f"{staged} is decorated (a decorator can keep it for the closed form)"))
+    # the closed form calling what it reads from data: cache["..."](...), f.attr(...), table[0](...)
+    for fn in _defs_named(tree, (closed,)):
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                out.append((WORTH_A_LOOK, _where(label, source, node),
+                            f"{closed} calls a function it reads from a container ({_unparse(node.func)})"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in BACKWARDS + FORWARDS:
+                out.append((WORTH_A_LOOK, _where(label, source, node),
+                            f"{closed} calls an attribute of a function ({_unparse(node.func)})"))
+    return out
+
+
+def _block_defs(tree):
+    """Defs inside top-level if/try/with/for blocks (they still bind top-level names)."""
+    out, todo = [], [s for s in tree.body if isinstance(s, (ast.If, ast.Try, ast.With, ast.For, ast.While))]
+    while todo:
+        stmt = todo.pop()
+        for part in ("body", "orelse", "finalbody"):
+            for s in getattr(stmt, part, []):
+                if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out.append(s)
+                elif isinstance(s, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                    todo.append(s)
+        for h in getattr(stmt, "handlers", []):
+            todo.append(h)
+    return out
+
+
+def _store_names(target):
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def _call_name(call):
+    return _dotted(call.func) or "a call"
+
+
+def _unparse(node):
+    try:
+        text = ast.unparse(node)
+    except Exception:
+        return "?"
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
+def _numeric_findings(graph, label_sources):
+    """Backwards that may differentiate the forward numerically: they reach it, or use complex numbers."""
+    out = []
+    for name in BACKWARDS:
+        node = graph.final.get(name)
+        if node is None or not isinstance(node.tree, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        reached, paths = graph.reach(node)
+        source = label_sources.get(node.label, "")
+        for fwd in FORWARDS:
+            target = graph.final.get(fwd)
+            if target is not None and id(target) in reached and target is not node:
+                out.append((WORTH_A_LOOK, _where(node.label, source, node.tree),
+                            f"{name} reaches the forward {fwd} ({_path_text(paths[id(target)])}): a backward "
+                            "needs the forward's cache, not the forward; calling it suggests a numerical "
+                            "derivative. A derivative along dout (one forward pass: batch norm's Jacobian is "
+                            "symmetric) passes the cases at scale; read it"))
+        for sub in ast.walk(node.tree):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, complex):
+                out.append((WORTH_A_LOOK, _where(node.label, source, sub),
+                            f"{name} uses complex numbers (a complex-step derivative?)"))
+                break
+        names = {n.id for n in ast.walk(node.tree) if isinstance(n, ast.Name)} | \
+            {n.attr for n in ast.walk(node.tree) if isinstance(n, ast.Attribute)}
+        hits = sorted(n for n in names if any(k in n.lower() for k in NUMERIC_NAMES))
+        if hits:
+            out.append((WORTH_A_LOOK, _where(node.label, source, node.tree),
+                        f"{name} uses {', '.join(hits[:3])} (a numerical gradient?)"))
+    return out
+
+
+def closed_form_evidence(nb, closed=CLOSED_FORM, staged=STAGED):
+    """Ranked evidence for the person grading the derivation: [(rank, where, what)], strongest first.
+
+    Never changes a score. Includes the call graph's verdict
+    (`closed_form_problem`), routes it does not follow (names bound by
+    for/except/walrus/global, the staged backward handed around as a value,
+    the closed form calling what it reads from a container or an attribute,
+    IPython hooks) and signs of a numerical derivative in any backward.
+    """
+    cells = code_cells(nb)
+    label_sources = dict(cells)
+    found = []
+    graph = CallGraph(nb)
+    problem = closed_form_problem(nb, closed=closed, staged=staged, graph=graph)
+    if problem:
+        alt = graph.final.get(closed)
+        where = _where(alt.label, label_sources.get(alt.label, ""), alt.tree) if alt else closed
+        found.append((STRONG, where, "call graph: " + problem))
+    for label, source in cells:
+        tree = parse_cell(source)
+        if tree is not None:
+            found += _route_findings(label, source, tree, closed, staged)
+    found += _numeric_findings(graph, label_sources)
+    seen, out = set(), []
+    for item in sorted(found, key=lambda f: -f[0]):  # stable: cell order within a rank
+        if (item[1], item[2]) not in seen:
+            seen.add((item[1], item[2]))
+            out.append(item)
+    return out[:MAX_EVIDENCE]
+
+
+def evidence_lines(evidence):
+    return [f"[{RANK_WORDS[rank]}] {where}: {what}" for rank, where, what in evidence]
+
+
+# --------------------------------------------------------------------------
+# The whole analysis, within a budget (a subprocess with rlimits and a timeout)
+# --------------------------------------------------------------------------
+
+MAX_SUSPICIOUS = 200
+MAX_CODE_BYTES = 256 * 1024  # the course's solutions are ~10 KiB a notebook
+
+
+def analyse(nb, max_code_bytes=MAX_CODE_BYTES):
+    """{"suspicious": [...], "evidence": [...], "budget": why or None}: everything the report says about code."""
+    size = sum(len(source.encode("utf-8", "replace")) for _, source in code_cells(nb))
+    if size > max_code_bytes:
+        return {"suspicious": [], "evidence": [], "budget": (
+            f"analysis budget exceeded: the code cells hold {size} bytes, more than the {max_code_bytes} "
+            "the analysis reads; nothing was analysed (read the notebook)")}
+    suspicious = suspicious_notebook(nb)
+    if len(suspicious) > MAX_SUSPICIOUS:
+        suspicious = suspicious[:MAX_SUSPICIOUS] + [f"... and {len(suspicious) - MAX_SUSPICIOUS} more"]
+    return {"suspicious": suspicious, "evidence": evidence_lines(closed_form_evidence(nb)), "budget": None}
+
+
+def _code_only(nb):
+    """The notebook reduced to what the analysis reads (code cells, nbgrader metadata), as plain data."""
+    cells = []
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            meta = (cell.get("metadata") or {}).get("nbgrader") or {}
+            cells.append({"cell_type": "code", "source": _cell_source(cell),
+                          "metadata": {"nbgrader": {k: meta.get(k) for k in ("grade", "solution", "locked",
+                                                                               "grade_id") if k in meta}}})
+    return {"cells": cells}
+
+
+def analyse_within_budget(nb, timeout=60, memory_mb=1024, max_code_bytes=MAX_CODE_BYTES):
+    """`analyse(nb)` in a child process bounded in time, memory and input size.
+
+    The grader's own memory and time never depend on the shape of a
+    student's code: past the budget the answer is "analysis budget
+    exceeded", for the instructor; scores do not depend on it either way.
+    """
+    data = json.dumps(_code_only(nb))
+    if len(data) > 4 * max_code_bytes:
+        return {"suspicious": [], "evidence": [],
+                "budget": f"analysis budget exceeded: {len(data)} bytes of code cells; nothing was analysed"}
+
+    def limits():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_CPU, (timeout, timeout + 5))
+        os.nice(5)
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL")}
+    env["PYTHONPATH"] = here
+    argv = [sys.executable, "-s", "-c",
+            "import json, sys; from bngrade.integrity import analyse; "
+            f"json.dump(analyse(json.load(sys.stdin), {int(max_code_bytes)}), sys.stdout)"]
+    try:
+        proc = subprocess.run(argv, input=data, capture_output=True, text=True, timeout=timeout, env=env,
+                              preexec_fn=limits, cwd=here)
+    except subprocess.TimeoutExpired:
+        return {"suspicious": [], "evidence": [], "budget": f"analysis budget exceeded: no answer in {timeout} s"}
+    try:
+        out = json.loads(proc.stdout)
+        assert isinstance(out, dict) and all(isinstance(out.get(k), list) for k in ("suspicious", "evidence"))
+        return out
+    except Exception:
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        return {"suspicious": [], "evidence": [], "budget": (
+            f"analysis budget exceeded or the analysis failed (exit {proc.returncode}: {tail[0][:160]})")}

@@ -11,8 +11,10 @@ For each autograded test cell it
 2. reads that cell's raw results from `resources["bngrade_results"]`
    (`{file name: bytes}`, filled by the sandbox from `$BNGRADE_RESULTS`);
 3. scores it with `bngrade.verdict.score_cell` (bnkit as the reference,
-   partial credit per case), and for a test of the closed-form backward asks
-   `bngrade.integrity.closed_form_problem` whether it reaches the staged one;
+   partial credit per case, a backward's case at scale as a gate). What the
+   code looks like (does the closed form reuse the staged backward?) never
+   changes a score: `bngrade.integrity_preprocessors` puts that evidence in
+   the instructor's report and in the autograded notebook, for a person;
 4. replaces the cell's outputs with the verdict's lines (stdout) and an
    `execute_result` holding the score, which nbgrader's `determine_grade`
    reads as partial credit. Whatever the kernel printed, raised or sent to
@@ -34,14 +36,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def _is_test_cell(cell):
     meta = cell.metadata.get("nbgrader", {})
     return cell.cell_type == "code" and meta.get("grade") and not meta.get("solution")
-
-
-def closed_form_problem(nb, roles):
-    """Why the closed form tested here reaches the staged backward, or None (bngrade.integrity decides)."""
-    from bngrade import integrity
-    if integrity.CLOSED_FORM not in roles.values():
-        return None
-    return integrity.closed_form_problem(nb, closed=integrity.CLOSED_FORM, staged=integrity.STAGED)
 
 
 def _first_error(cells):
@@ -116,10 +110,9 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
                 raise ValueError(f"test cell {grade_id}: run_cases is called with {spec.grade_id!r}")
             name = grade_id + ".json"
             try:
-                forbidden = closed_form_problem(nb, spec.roles)
                 result = verdict.score_cell(
                     grade_id, spec.cases, cell.metadata.nbgrader["points"], data=results.get(name),
-                    problem=problems.get(name), visible=spec.visible, forbidden=forbidden,
+                    problem=problems.get(name), visible=spec.visible,
                     context=_kernel_context(cell, execution, earlier))
             except Exception:  # a grader bug: this cell scores zero, loudly; the other cells and students go on
                 self.log.exception("bngrade: could not score %s; it scores zero", grade_id)

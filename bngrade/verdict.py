@@ -300,7 +300,13 @@ def _case_lines(check, seed, rec, tag, test_mode_works=False):
     return False, _wrap(f"FAIL  {what}: {name}: {why}{more}", notes), _hints(check, inp, rec, problems)
 
 
-def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, forbidden=None, context=None):
+GATE_FAILED = ("the case at scale did not pass, and this test counts its other cases only when it does: a "
+               "backward that does O(N*D) work (numpy, einsum or plain loops) finishes it in seconds; one that "
+               "differentiates the forward numerically, or builds an N x N Jacobian, cannot finish in the time "
+               "limit")
+
+
+def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, context=None):
     """Score one test cell from its results file.
 
     - cases: the trusted list [(check, seed), ...], from the source notebook;
@@ -309,8 +315,10 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, f
       could not be read (from the sandbox), if so;
     - visible: the cases the student can see (the others are tagged hidden);
       None means all;
-    - forbidden: a reason every case scores zero (e.g. the closed form
-      reaches the staged backward), or None;
+    - a case whose check is a gate (`Check.gate`, the backward at scale):
+      when it does not pass, every case of the cell scores zero and the
+      lines say why (the grader's cell timeout, measured outside the
+      kernel, is what a numerical derivative of the forward runs into);
     - context: a line about why results may be missing (the kernel's own
       error in that cell, a timeout), shown when some are.
     Returns a CellVerdict.
@@ -323,9 +331,7 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, f
     if unknown:
         raise ValueError(f"{grade_id}: unknown checks {unknown} in the test cell")
     reason = None
-    if forbidden:
-        reason = forbidden
-    elif problem:
+    if problem:
         reason = f"the results could not be read: {_clean(problem, 200)}"
     elif data is None:
         reason = "no results were recorded for this test cell"
@@ -337,6 +343,7 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, f
     # 'eval' rejected while 'test' works: an eval case in mode 'test' ran without raising
     test_mode_works = any("eval" in c and rec.get("error") is None and inputs(c, s)["bn_param"]["mode"] == "test"
                           for (c, s), rec in records.items() if (c, s) in cases)
+    gates_failed = []
     for check, seed in cases:
         tag = "" if visible is None or (check, seed) in visible else "(hidden) "
         if reason:
@@ -344,13 +351,18 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, f
             continue
         ok, case_lines, hints = _case_lines(check, seed, records.get((check, seed)), tag, test_mode_works)
         passed += ok
+        if CHECKS[check].gate and not ok:
+            gates_failed.append(check)
         lines += case_lines + [line for h in hints if h not in given for line in _wrap("", [h])]
         given.update(hints)  # each hint once per cell, under the first case that shows it
+    if gates_failed and not reason:  # a case at scale did not pass: the other cases do not count (cases.py)
+        reason = GATE_FAILED
     if points is None:  # a student's own check: no points to give
         score, points = None, 0.0
         head = f"{grade_id}: {passed} of {len(cases)} cases passed"
     else:
-        score = min(float(points), round(float(points) * passed / len(cases), 2))
+        counted = 0 if gates_failed else passed
+        score = min(float(points), round(float(points) * counted / len(cases), 2))
         head = f"{grade_id}: {passed} of {len(cases)} cases passed, {score:g} of {float(points):g} points"
     extra = []
     if reason:

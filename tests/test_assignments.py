@@ -255,6 +255,52 @@ def test_feedback_html_has_no_hidden_test_source(graded, assignment):
     assert failing > 0  # the check covered pages with failing cases, whose lines are the longest
 
 
+def test_the_code_review_is_in_the_formgrader_above_the_derivation_and_never_in_feedback(graded):
+    """Issue 14: the ranked evidence sits where the instructor grades the derivation; the student never sees it."""
+    from bngrade.integrity_preprocessors import INSTRUCTOR_ONLY
+    d, a = graded["bn_backward_fast"]["dir"], "bn_backward_fast"
+    for student in ("alt_calls_staged", "skill_route_pre_run_cell_hook", "skill_jvp_along_dout"):
+        nb = json.loads((d / "autograded" / student / a / f"{a}.ipynb").read_text())
+        sources = ["".join(c["source"]) for c in nb["cells"]]
+        notes = [i for i, src in enumerate(sources) if src.lstrip().startswith(INSTRUCTOR_ONLY)]
+        assert len(notes) == 1, student
+        after = nb["cells"][notes[0] + 1]["metadata"].get("nbgrader", {})
+        assert after.get("grade_id") == "derivation", student
+        assert "code review: [strong]" in sources[notes[0]] or "code review: [worth a look]" in sources[notes[0]]
+        page = (d / "feedback" / student / a / f"{a}.html").read_text()
+        assert "Integrity report" not in page and "code review" not in page and INSTRUCTOR_ONLY not in page
+    solution = json.loads((d / "autograded" / "solution" / a / f"{a}.ipynb").read_text())
+    assert not any("".join(c["source"]).lstrip().startswith(INSTRUCTOR_ONLY) for c in solution["cells"])
+
+
+def test_the_cases_at_scale_give_the_same_verdict_on_a_loaded_machine(tmp_path):
+    """Issue 14: honest loops pass and a numerical derivative cannot finish, with two `yes > /dev/null` running.
+
+    One nbgrader run of bn_spatial_layernorm (the course's config and timeout) with the controls, while two
+    busy loops compete for the CPU. The verdicts must be the catalogue's, which the unloaded runs check too.
+    """
+    import subprocess
+    names = ("layernorm_backward_loops", "skill_vectorised_differences")
+    busy = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        a = "bn_spatial_layernorm"
+        d = course.copy_course(tmp_path / a)
+        rc, log = course.nbgrader(d, "generate_assignment", a, "--force", quiet=True)
+        assert rc == 0, log
+        course.samples(d, a, [BY_NAME[n] for n in names], with_controls=True)
+        rc, log = course.nbgrader(d, "autograde", a, "--force", quiet=True)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    scores = course.scores(d, a)
+    tests = {t for t in scores["solution"] if t.startswith("test_")}
+    for student in ("solution", "zzz_control_correct", "layernorm_backward_loops"):
+        assert all(scores[student][t][0] == scores[student][t][1] for t in tests), (student, scores[student])
+    cheat = scores["skill_vectorised_differences"]
+    assert {t for t in tests if cheat[t][0] != cheat[t][1]} == set(BY_NAME["skill_vectorised_differences"].lose), cheat
+
+
 def test_a_stuck_cell_costs_only_that_test(graded):
     row = _row(graded, "bn_forward", "infinite_loop")
     assert row["test_eval"][0] == 0 and row["test_train_output"][0] == 3  # the other cells still ran

@@ -386,21 +386,39 @@ def test_a_grader_failure_on_one_cell_zeroes_that_cell_only(tmp_path, monkeypatc
     assert grades == {"test_train_output": 3, "test_running_stats": 2, "test_eval": 0}
 
 
-def test_the_closed_form_tests_ask_the_call_graph_check(tmp_path, monkeypatch):
+def test_the_shape_of_the_code_never_changes_a_score(tmp_path, monkeypatch):
+    """A closed form that calls the staged backward is correct numbers: full marks (issue 14).
+
+    Whether it is the closed form the assignment asks for is a code review
+    (bngrade.integrity.closed_form_evidence, in the report and the formgrader).
+    """
     name = "bn_backward_fast"
     staged_call = ("def batchnorm_backward_alt(dout, cache):\n", "def batchnorm_backward_alt(dout, cache):\n"
                    "    return batchnorm_backward(dout, cache)\n")
-    nb = _autograded_like(name, [staged_call])
-    nb, _ = ScoreOutsideKernel().preprocess(nb, {"bngrade_results": _results_for(nb, name, tmp_path, monkeypatch)})
-    for gid in ("test_alt_dx", "test_alt_dparams"):
-        cell = next(c for c in nb.cells if _meta(c).get("grade_id") == gid)
-        assert determine_grade(cell)[0] == 0
-        assert "the closed form must not use the staged backward" in " ".join(cell.outputs[0].text.split())
-    honest = _autograded_like(name)
-    honest, _ = ScoreOutsideKernel().preprocess(honest, {"bngrade_results": _results_for(honest, name, tmp_path,
-                                                                                         monkeypatch)})
-    assert all(determine_grade(c)[0] == c.metadata.nbgrader["points"] for c in honest.cells
-               if _meta(c).get("grade") and c.cell_type == "code" and not _meta(c).get("solution"))
+    for nb in (_autograded_like(name, [staged_call]), _autograded_like(name)):
+        nb, _ = ScoreOutsideKernel().preprocess(nb, {"bngrade_results": _results_for(nb, name, tmp_path, monkeypatch)})
+        assert all(determine_grade(c)[0] == c.metadata.nbgrader["points"] for c in nb.cells
+                   if _meta(c).get("grade") and c.cell_type == "code" and not _meta(c).get("solution"))
+
+
+def test_a_failed_case_at_scale_zeroes_the_cell_and_says_why():
+    from bngrade import verdict
+    from bngrade.cases import CHECKS
+    assert CHECKS["backward_dx_large"].gate and not CHECKS["backward_dx"].gate
+    cases = [("backward_dx", 0), ("backward_dx_large", 1)]
+    payload = {"format": "bngrade-results/1", "grade_id": "t", "cases": [
+        {"check": "backward_dx", "seed": 0, "error": None, "warnings": [], "outputs": {
+            "dx": _pack(verdict.reference_funcs("backward_dx"), "backward_dx", 0)}}]}
+    result = verdict.score_cell("t", cases, 3, data=json.dumps(payload).encode(), visible={cases[0]})
+    assert result.score == 0 and result.passed == 1  # the small case passed, the gate did not run
+    text = " ".join(" ".join(result.lines).split())
+    assert "PASS" in text and "(hidden) dx at scale" in text and "O(N*D)" in text and "differentiates" in text
+
+
+def _pack(funcs, check, seed):
+    from bngrade.cases import CHECKS, inputs
+    from bngrade.harness import pack
+    return pack(CHECKS[check].drive(funcs, inputs(check, seed))["dx"])
 
 
 def test_feedback_scrubber_removes_lines_quoting_hidden_tests():
@@ -550,6 +568,9 @@ def test_course_config_scores_outside_the_kernel_before_grades_are_saved():
     names = [p.__name__ for p in c.Autograde.autograde_preprocessors]
     assert names.index("SandboxedExecute") < names.index("ScoreOutsideKernel") < names.index("SaveAutoGrades")
     assert "Execute" not in names and "FlagTampering" not in names
-    assert c.OverwriteCells.add_missing_cells is True
+    # deleted cells come back through RestoreMissingCells (nbgrader's add_missing_cells raised KeyError)
+    assert c.OverwriteCells.add_missing_cells is False
+    sanitize = [p.__name__ for p in c.Autograde.sanitize_preprocessors]
+    assert sanitize.index("RestoreMissingCells") < sanitize.index("OverwriteCells")
     names = [p.__name__ for p in c.GenerateFeedback.preprocessors]
     assert "ClearHiddenTests" in names and "ScrubHiddenTestsFromOutputs" in names

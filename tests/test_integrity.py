@@ -267,3 +267,159 @@ def test_keep_last_copies_grades_the_last_and_says_so():
     assert notes == ["grade id 'f' appears in 3 cells (cells 1, 4, 5): graded the last copy (cell 5); "
                      "the others ran as ordinary cells"]
     assert keep_last_copies(nb) == []
+
+
+# ---- issue 14: the code review (evidence, ranked; never a score) ------------------------------------
+
+from bngrade.integrity import (CallGraph, analyse, analyse_within_budget,  # noqa: E402
+                               closed_form_evidence, evidence_lines)
+
+ROUTES = {  # route: (cells, a text the evidence must contain, its rank word)
+    "the forward's cache": ([STAGED, "def batchnorm_forward(x, g, b, p):\n    return x, {'impl': batchnorm_backward}\n",
+                             "def batchnorm_backward_alt(dout, cache):\n    return cache['impl'](dout, cache)\n"],
+                            "reads from a container", "worth a look"),
+    "a function attribute": ([STAGED, "batchnorm_forward.impl = batchnorm_backward\n"
+                              "def batchnorm_backward_alt(d, c):\n    return batchnorm_forward.impl(d, c)\n"],
+                             "calls an attribute of a function", "worth a look"),
+    "a list filled by append": ([STAGED, "fs = []\nfs.append(batchnorm_backward)\n"
+                                 "def batchnorm_backward_alt(d, c):\n    return fs[0](d, c)\n"],
+                                "passed as a value to fs.append", "worth a look"),
+    "a registering decorator": (["R = {}\ndef reg(f):\n    R[f.__name__] = f\n    return f\n\n@reg\n" + STAGED.strip(),
+                                 "def batchnorm_backward_alt(d, c):\n    return R['batchnorm_backward'](d, c)\n"],
+                                "batchnorm_backward is decorated", "worth a look"),
+    "a for loop": ([STAGED, "for batchnorm_backward_alt in [batchnorm_backward]:\n    pass\n"],
+                   "for loop's target", "strong"),
+    "a walrus": ([STAGED, "print((batchnorm_backward_alt := batchnorm_backward))\n"], "walrus", "strong"),
+    "an except clause": ([STAGED, "try:\n    raise ValueError\nexcept ValueError as batchnorm_backward_alt:\n"
+                          "    pass\n"], "except clause", "strong"),
+    "a global in a function": ([STAGED, ALT, "def _later():\n    global batchnorm_backward_alt\n"
+                                "    batchnorm_backward_alt = batchnorm_backward\n_later()\n"],
+                               "`global` declaration", "strong"),
+    "a pre_run_cell hook": ([STAGED, ALT, "def _swap(*a):\n"
+                             "    globals()['batchnorm_backward_alt'] = batchnorm_backward\n"
+                             "get_ipython().events.register('pre_run_cell', _swap)\n"], "pre_run_cell hook", "strong"),
+    "a direct call (the call graph)": ([STAGED, "def batchnorm_backward_alt(d, c):\n"
+                                                "    return batchnorm_backward(d, c)\n"],
+                                       "call graph: batchnorm_backward_alt calls batchnorm_backward", "strong"),
+    "a complex-step backward": (["def batchnorm_forward(x, g, b, p):\n    return x * g + b, (x, g, b)\n",
+                                 "def batchnorm_backward(dout, cache):\n    x, g, b = cache\n"
+                                 "    return batchnorm_forward(x + 1e-30j * dout, g, b, {})[0].imag / 1e-30, 0, 0\n"],
+                                "reaches the forward batchnorm_forward", "worth a look"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_every_route_is_in_the_ranked_evidence_with_its_line(name):
+    source, text, rank = ROUTES[name]
+    lines = evidence_lines(closed_form_evidence(cells(*source)))
+    hits = [line for line in lines if text in line]
+    assert hits, (name, lines)
+    assert hits[0].startswith(f"[{rank}]") and ", line " in hits[0], hits[0]
+    ranks = [line.split("]")[0] for line in lines]
+    assert ranks == sorted(ranks, key=["[strong", "[worth a look", "[note"].index)  # strongest first
+
+
+def test_the_course_solutions_give_no_evidence():
+    for path in sorted((ROOT / "assignments" / "source").glob("*/*.ipynb")):
+        assert closed_form_evidence(json.loads(path.read_text())) == [], path
+
+
+def test_the_evidence_quotes_the_line_and_names_the_cell():
+    nb = {"cells": [{"cell_type": "code", "metadata": {"nbgrader": {"grade_id": "batchnorm_backward_alt",
+                                                                    "solution": True}},
+                     "source": STAGED + "\nfor batchnorm_backward_alt in [batchnorm_backward]:\n    pass\n"}]}
+    line = next(x for x in evidence_lines(closed_form_evidence(nb)) if "for loop" in x)
+    assert "batchnorm_backward_alt, line " in line and "`for batchnorm_backward_alt in [batchnorm_backward]:`" in line
+
+
+def test_reachability_is_linear_and_iterative():
+    """A 12,000-function chain: the path is rebuilt from parent pointers (the old copied paths were quadratic)."""
+    chain = "def f0(d, c):\n    return batchnorm_backward(d, c)\n" + "".join(
+        f"def f{i}(d, c):\n    return f{i - 1}(d, c)\n" for i in range(1, 12000))
+    graph = CallGraph([STAGED, chain])
+    seen, paths = graph.reach(graph.final["f11999"])
+    path = paths[id(graph.final["batchnorm_backward"])]
+    assert len(seen) == 12001 and len(path) == 12001 and path[0].name == "f11999"
+
+
+def test_the_analysis_has_a_budget_and_says_when_it_is_exceeded():
+    chain = "".join(f"def f{i}(d, c):\n    return f{i - 1}(d, c)\n" for i in range(1, 12000))
+    dead = "if False:\n" + "".join(f"    x{i} = np.sum(x{i - 1} * 2 + 1) - y{i} / z\n" for i in range(13500))
+    for source in (chain, dead):
+        nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": source}]}
+        for answer in (analyse(nb), analyse_within_budget(nb)):
+            assert answer["budget"].startswith("analysis budget exceeded"), answer
+            assert answer["evidence"] == answer["suspicious"] == []
+    deep = {"cells": [{"cell_type": "code", "metadata": {}, "source": "x = " + "+".join(["1"] * 30000) + "\n"}]}
+    assert analyse_within_budget(deep)["budget"]  # a crash of the child (RecursionError) is reported, not raised
+    honest = {"cells": [{"cell_type": "code", "metadata": {}, "source": STAGED + ALT}]}
+    assert analyse_within_budget(honest) == {"suspicious": [], "evidence": [], "budget": None}
+
+
+# ---- issue 14: damaged notebooks are restored; the instructor's note never reaches feedback ----------
+
+def _source_cells():
+    def c(name, cell_type, source, locked=True, grade=False, solution=False, points=None):
+        return dict(name=name, cell_type=cell_type, source=source, locked=locked, grade=grade, solution=solution,
+                    points=points)
+    return [c("setup", "code", "import numpy as np\n"), c("f", "code", "def f():\n    raise NotImplementedError()\n",
+                                                          locked=False, solution=True),
+            c("tests_md", "markdown", "## Tests"), c("test_f", "code", "assert f() == 1\n", grade=True, points=2),
+            c("answer", "markdown", "YOUR ANSWER HERE", locked=False, grade=True, solution=True, points=1)]
+
+
+def _student(*names, extra=()):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+    nb = new_notebook()
+    for s in _source_cells():
+        if s["name"] in names:
+            cell = (new_code_cell if s["cell_type"] == "code" else new_markdown_cell)(
+                "def f():\n    return 1\n" if s["name"] == "f" else s["source"])
+            cell.metadata["nbgrader"] = {"grade_id": s["name"], "grade": s["grade"], "solution": s["solution"],
+                                         "locked": s["locked"]}
+            nb.cells.append(cell)
+    nb.cells += [new_markdown_cell(t) if kind == "md" else new_code_cell(t) for kind, t in extra]
+    return nbformat.from_dict(nb)
+
+
+def _ids(nb):
+    return [c.metadata.get("nbgrader", {}).get("grade_id", c.cell_type) for c in nb.cells]
+
+
+def test_a_deleted_first_test_cell_and_setup_come_back_in_place():
+    from bngrade.integrity_preprocessors import restore_missing_cells
+    nb = _student("f", "tests_md", "answer")
+    notes = restore_missing_cells(nb, _source_cells())
+    assert _ids(nb) == ["setup", "f", "tests_md", "test_f", "answer"]
+    assert nb.cells[3].source == "assert f() == 1\n" and nb.cells[3].metadata.nbgrader["points"] == 2
+    assert notes == ["locked cell 'setup' was deleted: restored from the source and graded",
+                     "test cell 'test_f' was deleted: restored from the source and graded"]
+    assert restore_missing_cells(nb, _source_cells()) == []  # idempotent
+
+
+def test_a_deleted_answer_cell_takes_what_the_student_typed_in_its_place():
+    from bngrade.integrity_preprocessors import restore_missing_cells
+    nb = _student("setup", "f", "tests_md", "test_f", extra=[("md", "My answer: because.")])
+    notes = restore_missing_cells(nb, _source_cells())
+    assert _ids(nb) == ["setup", "f", "tests_md", "test_f", "answer"]
+    assert nb.cells[-1].source == "My answer: because." and nb.cells[-1].metadata.nbgrader["solution"]
+    assert "answer cell 'answer' was deleted: restored, holding the 1 cell(s)" in notes[0]
+    moved = _student("setup", "tests_md", "test_f", "answer", extra=[("code", "def f():\n    return 1\n")])
+    restore_missing_cells(moved, _source_cells())  # the solution retyped after the tests: it comes back in place
+    assert _ids(moved) == ["setup", "f", "tests_md", "test_f", "answer"] and "return 1" in moved.cells[1].source
+    lost = _student("setup", "tests_md", "test_f", "answer")
+    notes = restore_missing_cells(lost, _source_cells())  # nothing to adopt: empty, never the stub
+    assert lost.cells[1].source == "" and "restored EMPTY" in notes[0]
+
+
+def test_the_instructors_note_is_escaped_and_never_in_feedback():
+    from nbformat.v4 import new_markdown_cell
+    from bngrade.integrity_preprocessors import DropInstructorNotes, instructor_cell
+    cell = instructor_cell(["[strong] cell 3, line 1: `<img src=x onerror=alert(1)>`: evil"], "Integrity report")
+    assert "<img" not in cell.source and "&lt;img src=x onerror=alert(1)&gt;" in cell.source
+    nb = _student("setup", "f")
+    nb.cells.insert(1, cell)
+    nb.cells.append(new_markdown_cell("ordinary text"))
+    nb, _ = DropInstructorNotes().preprocess(nb, {})
+    assert _ids(nb) == ["setup", "f", "markdown"]
