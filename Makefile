@@ -106,8 +106,14 @@ bwrap:
 # a progress bar, then the results merged into COURSE/gradebook.db by nbgrader.
 JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 COURSE ?= assignments
-autograde: $(STAMP) bwrap  ## autograde $(COURSE)/submitted/*/$(A), $(JOBS) at a time, then the grade table
-	$(PY) -m bngrade.autograde run $(A) --course $(COURSE) --jobs $(JOBS)
+# ENGINE=dask SCHEDULER=tcp://host:8786 grades on a Dask cluster instead; a killed run resumes
+# (results kept in $(COURSE)/.bngrade-results; FRESH=1 grades everyone again).
+ENGINE    ?= local
+SCHEDULER ?=
+FRESH     ?=
+autograde: $(STAMP) bwrap  ## autograde $(COURSE)/submitted/*/$(A), $(JOBS) at a time (or ENGINE=dask), then the grades
+	$(PY) -m bngrade.autograde run $(A) --course $(COURSE) --jobs $(JOBS) --engine $(ENGINE) \
+	  $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(FRESH),--fresh)
 
 bench-autograde: $(STAMP) bwrap  ## JOBS=1 vs 2, s/submission, peak RSS under a flood -> test-artifacts/
 	@mkdir -p test-artifacts
@@ -116,5 +122,8 @@ bench-autograde: $(STAMP) bwrap  ## JOBS=1 vs 2, s/submission, peak RSS under a 
 feedback: $(STAMP)     ## feedback/<student>/$(A)/*.html, hidden tests removed
 	$(IN_COURSE) && nbgrader generate_feedback $(A) --force
 
-export-grades: $(STAMP) ## assignments/grades.csv
-	$(IN_COURSE) && nbgrader export
+# ROSTER=<the CSV Canvas exports from its Gradebook>: also $(COURSE)/canvas_grades.csv, Canvas's import file
+ROSTER ?=
+export-grades: $(STAMP) ## $(COURSE)/grades.csv (nbgrader's); with ROSTER=canvas.csv also canvas_grades.csv
+	$(IN_COURSE) && nbgrader export $(if $(ROSTER),--exporter=bngrade.export_canvas.CanvasExportPlugin \
+	  --CanvasExportPlugin.roster=$(abspath $(ROSTER)))
