@@ -288,8 +288,11 @@ def _merge_in_nbgrader(assignment, results, students):
     for student in ids:
         if not student:
             continue
+        t0 = time.monotonic()
         if student != "*" and transplant(".", assignment, Path(results) / student / assignment, student):
             _mark_merged(Path(results) / student / assignment)
+            print(f"[bngrade merge] {student}: rows copied from its scratch gradebook "
+                  f"({(time.monotonic() - t0) * 1000:.1f} ms)", flush=True)
             continue
         app = AutogradeApp()
         app.initialize([assignment, "--force", f"--student={student}"])
@@ -314,6 +317,8 @@ def _merge_in_nbgrader(assignment, results, students):
         AutogradeApp.clear_instance()
         if merged:  # this result is in the gradebook: a resumed run need not merge it again
             _mark_merged(Path(results) / student / assignment)
+            print(f"[bngrade merge] {student}: replayed through nbgrader ({(time.monotonic() - t0) * 1000:.1f} ms)",
+                  flush=True)
     return rc
 
 
@@ -381,8 +386,6 @@ def transplant(course, assignment, base, student):
         raise
     finally:
         db.close()
-    print(f"[bngrade merge] {student}: {info.get('scores') and 'graded'} rows copied from its scratch gradebook",
-          flush=True)
     return True
 
 

@@ -15,6 +15,7 @@ path must leave the same grades in the gradebook:
 
 No short timeouts: each wait is for an event, bounded only by a generous limit.
 """
+import dataclasses
 import json
 import os
 import re
@@ -38,8 +39,9 @@ from bngrade.autograde import gradebook_scores  # noqa: E402
 
 pytestmark = pytest.mark.slow
 A = "bn_forward"
-PICKS = ("eps_outside_sqrt", "cs231n_default_momentum", "hostile_kill_parent", "attack_monkeypatch_numpy",
-         "invalid_json")
+PICKS = ("eps_outside_sqrt", "cs231n_default_momentum", "hostile_kill_parent", "invalid_json")
+# a planted near-copy: copy_b is copy_a (the catalogue's loop_over_features) with its names changed
+RENAMES = (("col", "column"), ("rm", "run_mean"), ("rv", "run_var"), ("mean", "mu"))
 LONG = 1800  # seconds: only a hung run gets near it
 
 
@@ -52,6 +54,17 @@ def classes(tmp_path_factory):
     by_name = {v.name: v for v in catalogue.VARIANTS}
     notebooks = {"solution": course.submission(d, A), "blank": course.submission(d, A, "blank")}
     notebooks.update({name: course.submission(d, A, by_name[name]) for name in PICKS})
+    loop = by_name["loop_over_features"]
+    renamed = {}
+    for gid, text in loop.cells.items():
+        for old, new in RENAMES:
+            text = re.sub(rf"\b{old}\b", new, text)
+        renamed[gid] = "# my own work\n" + text.replace("out = np.empty_like(x)", "out = np.empty_like(x)  # result")
+    notebooks["copy_a"] = course.submission(d, A, loop)
+    notebooks["copy_b"] = course.submission(d, A, dataclasses.replace(loop, name="copy_b", cells=renamed))
+    # a name and code that would be markup if not escaped
+    notebooks["x<i>"] = course.submission(d, A, "blank").replace(
+        "raise NotImplementedError()", "raise NotImplementedError()  # </pre><script>window.pwned = 1</script>")
     course.place(d, A, notebooks)
     for name in ("dask", "dask_killed", "array", "resume"):
         shutil.copytree(d, base / name, symlinks=True)
@@ -213,3 +226,52 @@ def test_canvas_export_writes_canvas_import_columns_and_nbgrader_csv(classes, tm
         assert float(body[s][5]) == nbgrader_csv[s]
     total = sum(v[0] or 0 for v in classes["serial"]["solution"].values())
     assert float(body["solution"][5]) == total > 0
+
+
+def test_class_report_in_chromium(classes, tmp_path):
+    """The report of the serially graded class: renders offline, its numbers are the gradebook's, the planted
+    near-copy pair ranks first, and no student text runs as markup or script."""
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("/usr/bin/chromium is missing (make test installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    d = classes["base"] / "serial"
+    out = tmp_path / "report" / A / "index.html"
+    made = subprocess.run([sys.executable, "-m", "bngrade.report", A, "--course", str(d), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert made.returncode == 0, made.stderr[-3000:]
+    page_html = out.read_text()
+    assert "<script" not in page_html.replace("&lt;script", "")
+    serial = classes["serial"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(out.as_uri())
+        page.wait_for_load_state("load")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        table = page.eval_on_selector_all("#student-table tr", "rows => rows.slice(1).map(r => "
+                                          "[...r.cells].map(c => c.textContent))")
+        pairs = page.eval_on_selector_all("#copy-table tr", "rows => rows.slice(1).map(r => "
+                                          "[...r.cells].map(c => c.textContent))")
+        mistakes = page.eval_on_selector_all("#mistake-table tr", "rows => rows.slice(1).map(r => "
+                                             "[...r.cells].map(c => c.textContent))")
+        cases = page.eval_on_selector_all("#case-table tr", "rows => rows.slice(1).map(r => "
+                                          "[...r.cells].map(c => c.textContent))")
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        pwned = page.evaluate("() => window.pwned === undefined && document.querySelectorAll('i').length === 0")
+        browser.close()
+    assert not errors and pwned
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests  # offline: nothing fetched
+    assert len(images) == 2 and all(w > 100 for w in images)  # the figures rendered
+    totals = {s: sum(v[0] for v in row.values() if v[0] is not None) for s, row in serial.items()}
+    assert {s: float(v) for s, v in table} == totals  # the gradebook's numbers, every student
+    assert {pairs[0][1], pairs[0][2]} == {"copy_a", "copy_b"}, pairs[:3]  # the planted pair ranks first
+    assert any("CS231n momentum" in m[0] and "cs231n_default_momentum" in m[3] for m in mistakes), mistakes
+    assert any(c[2] == "hidden" for c in cases) and any(c[2] == "visible" for c in cases)
+    solution_full = [c for c in cases if c[0] == "test_train_output"]
+    assert solution_full and all(int(c[5]) >= len(serial) - 2 for c in solution_full)
