@@ -2,30 +2,35 @@
 
 nbgrader grades one submission at a time, and two nbgrader processes cannot
 share the SQLite gradebook (nbgrader issue #174). Here each student is graded
-by plain `nbgrader autograde` in a private scratch copy of the course (its
-config, `source/<assignment>/`, a copy of the gradebook and that student's
-submission only), many at a time; then the results are brought into the real
-gradebook serially, by nbgrader itself: one `nbgrader autograde` run in the
-real course whose executor is `ReplayGraded`, which puts each student's
-already graded notebook (executed and scored in the scratch copy) in place of
-executing it again, so nbgrader's own sanitizing, `SaveAutoGrades` and late
-penalties write the rows, exactly as a serial run would.
+by plain `nbgrader autograde` in a private scratch course (its config,
+`source/<assignment>/`, the gradebook without students and that student's
+submission only), many at a time, on an engine (`bngrade.engines`: this
+machine's cores, or a Dask cluster). One merge process, the only writer of
+the real gradebook, brings each result in as it arrives: it copies the rows
+nbgrader wrote in the scratch gradebook (`transplant`), or, where that does
+not apply (a re-grade, a failed student), runs `nbgrader autograde` in the
+real course with `ReplayGraded` as its executor, so nbgrader's own
+`SaveAutoGrades` and late penalties write the rows, exactly as a serial run.
+
+Results are kept (COURSE/.bngrade-results/<student>/<assignment>/): a run
+that was killed, started again, grades only the students without a result
+and merges only those not merged (`resume_state`).
 
 Commands (python -m bngrade.autograde ...):
 
-    run A [--course DIR] [--jobs N] [--students a,b] [--keep DIR]
-        grade every submitted/*/A (N at a time, default: the number of cores),
-        with a tqdm bar (ETA, per-student status), then merge and print the grades
+    run A [--course DIR] [--jobs N] [--engine local|dask --scheduler ADDR] [--fresh]
+          [--students a,b] [--results DIR]
+        grade every submitted/*/A with a tqdm bar (done/running/failed, ETA),
+        merge, print the grades
     one A STUDENT [STUDENT...] --course DIR --out DIR
         the standalone unit: one submission in, DIR/STUDENT/A/ out (result.json,
-        the graded notebooks, the integrity report, nbgrader's log). Needs only
-        the course's config, source/A and gradebook.db: run it on any machine
-        of a batch runner, copy every DIR/STUDENT back, then `merge`
+        the graded notebooks, the scratch gradebook, the integrity report,
+        nbgrader's log). `python -m bngrade unit` is the same from packs (array jobs)
     merge A --course DIR --results DIR
-        bring the results of `one` into the course's gradebook (serial, nbgrader)
-    bench [A] [--course DIR] [--students 20] [--out FILE]
-        JOBS=1 vs JOBS=2 on sample submissions, seconds per submission, and the
-        grader's peak RSS under an output flood; writes a JSON file
+        bring the results of `one` not merged yet into the course's gradebook
+    bench [A] [--course DIR] [--students 20] [--rounds 2] [--out FILE]
+        JOBS=1 vs JOBS=2 on sample submissions (alternating), CPU seconds per
+        student, the grader's peak RSS under an output flood; writes a JSON file
 
 Decisions: a student whose scratch grading failed (an invalid notebook, an
 error in nbgrader) fails in the merge run too, with the same per-student
