@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 MAX_RESULT_BYTES = 64 << 20
@@ -181,15 +182,11 @@ def grade_pack(assignment_pack, submission_pack, assignment, student):
         _unpack(submission_pack, course, keep_links=True)
         if not (course / "submitted" / student / assignment).is_dir():
             raise ValueError(f"the submission pack holds no submitted/{student}/{assignment}")
-        # a child process: nbgrader changes the working directory and fds 1 and 2 while it grades,
-        # which a worker's other threads (Dask's) must not see; PDEATHSIG: it dies with its worker
-        proc = subprocess.run([sys.executable, "-m", "bngrade.autograde", "one", assignment, student,
-                               "--course", str(course), "--out", str(out)], capture_output=True, text=True,
-                              preexec_fn=die_with_parent, env=_child_env())
+        status = _grader().grade(course, assignment, student, out)
         dest = out / student / assignment
         if not (dest / "result.json").exists():
-            raise RuntimeError(f"grading {student} produced no result (exit {proc.returncode}):\n"
-                               f"{(proc.stdout + proc.stderr)[-3000:]}")
+            raise RuntimeError(f"grading {student} produced no result (wait status {status}; "
+                               "the worker's stderr has the traceback)")
         data = _tar_bytes([(dest, ".")])
         if len(data) > MAX_RESULT_BYTES:
             result = json.loads((dest / "result.json").read_text())
@@ -199,6 +196,63 @@ def grade_pack(assignment_pack, submission_pack, assignment, student):
             (small / "result.json").write_text(json.dumps(result, indent=1))
             data = _tar_bytes([(small, ".")])
         return data
+
+
+class _Grader:
+    """A child process of the worker (`python -m bngrade.unit serve`) that imported nbgrader, bnkit and the
+    sandbox once and forks one grandchild per student: nbgrader changes the working directory and fds 1
+    and 2 while it grades, which a worker's other threads (Dask's) must not see, and a fresh interpreter
+    per student would cost more CPU than grading it. Both die with the worker (PDEATHSIG)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "bngrade.unit", "serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent,
+                                     env=_child_env())
+
+    def grade(self, course, assignment, student, out):
+        self.proc.stdin.write(json.dumps([str(course), assignment, student, str(out)]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the grading process died (exit {self.proc.wait()}) while it graded {student}")
+        return json.loads(line)["status"]
+
+
+_LOCAL = threading.local()
+
+
+def _grader():
+    g = getattr(_LOCAL, "grader", None)
+    if g is None or g.proc.poll() is not None:
+        g = _LOCAL.grader = _Grader()
+    return g
+
+
+def serve():
+    """The loop of `_Grader`'s process: one JSON line [course, assignment, student, out] in, one out."""
+    import traceback
+
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever else prints goes to stderr, never into the replies
+    from bngrade.autograde import _preload, grade_one
+
+    _preload()
+    for line in sys.stdin:
+        course, assignment, student, out = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            rc = 1
+            try:
+                die_with_parent()
+                grade_one(course, assignment, student, out)
+                rc = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(rc)
+        _, status = os.waitpid(pid, 0)
+        reply.write(json.dumps({"status": status}) + "\n")
+        reply.flush()
 
 
 def _child_env():
@@ -283,3 +337,8 @@ def unit_task(manifest_path, index):
     info = store_result(data, results, assignment, student, m["digests"].get(student))
     print(f"{student}: {'graded' if info.get('ok') else 'FAILED'} in {info.get('seconds')} s -> {done}")
     return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["serve"]:
+        serve()
