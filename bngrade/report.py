@@ -266,10 +266,14 @@ def render(assignment, data):
     for (t, label), who in sorted(data["hints"].items(), key=lambda kv: (-len(kv[1]), kv[0])):
         out.append(f"<tr><td>{e(label)}</td><td>{e(t)}</td><td class='n'>{100 * len(who) / n:.0f}%</td>"
                    f"<td>{e(', '.join(sorted(who)))}</td></tr>")
+    if not data["hints"]:
+        out.append("<tr><td colspan='4'>no hints were given</td></tr>")
     out.append("</table><h2 id='integrity'>Integrity evidence, ranked</h2><table id='integrity-table'>"
                "<tr><th>student</th><th>lines of evidence</th><th>report</th></tr>")
     for count, s, text in data["integrity"]:
         out.append(f"<tr><td>{e(s)}</td><td class='n'>{count}</td><td><pre>{e(text[:4000])}</pre></td></tr>")
+    if not data["integrity"]:
+        out.append("<tr><td colspan='3'>no integrity report has anything to say</td></tr>")
     out.append("</table><h2 id='copies'>Near-copies (copydetect, released template ignored)</h2>"
                "<table id='copy-table'><tr><th>rank</th><th>student</th><th>student</th><th>similarity</th></tr>")
     for k, (sim, a, b, _, _) in enumerate(data["pairs"], 1):
