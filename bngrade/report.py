@@ -51,7 +51,7 @@ def verdicts(notebook):
             continue
         lines, joined = _text(cell.get("outputs", [])).splitlines(), []
         for line in lines:  # the grader wraps long lines with a 6-space indent
-            if line.startswith(CONT) and joined:
+            if line.startswith(CONT) and joined and not line.strip().startswith("hint:"):
                 joined[-1] += " " + line.strip()
             else:
                 joined.append(line)

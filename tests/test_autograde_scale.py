@@ -213,7 +213,7 @@ def test_canvas_export_writes_canvas_import_columns_and_nbgrader_csv(classes, tm
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = list(csv.reader(out.open(newline="")))
     assert rows[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", f"{A} (4321)"]
-    assert rows[1][0] == "Points Possible" and float(rows[1][5]) == 7.0
+    assert rows[1][0] == "Points Possible"
     body = {r[3]: r for r in rows[2:]}
     assert set(body) == set(classes["students"]) | {"nobody"}  # the test student is left out
     assert body["nobody"][5] == ""  # no submission: the grade in Canvas is left as it is
@@ -221,6 +221,8 @@ def test_canvas_export_writes_canvas_import_columns_and_nbgrader_csv(classes, tm
     nbgrader_csv = {r["student_id"]: float(r["score"]) for r in csv.DictReader(ours.open())
                     if r["assignment"] == A}
     assert set(nbgrader_csv) == set(classes["students"])  # nbgrader's own CSV is still written
+    max_scores = {float(r["max_score"]) for r in csv.DictReader(ours.open()) if r["assignment"] == A}
+    assert max_scores == {float(rows[1][5])} and float(rows[1][5]) > 7  # the written answer's points included
     for s in classes["students"]:
         assert body[s][1:3] == list(canvas_ids[s])
         assert float(body[s][5]) == nbgrader_csv[s]
@@ -270,7 +272,11 @@ def test_class_report_in_chromium(classes, tmp_path):
     assert len(images) == 2 and all(w > 100 for w in images)  # the figures rendered
     totals = {s: sum(v[0] for v in row.values() if v[0] is not None) for s, row in serial.items()}
     assert {s: float(v) for s, v in table} == totals  # the gradebook's numbers, every student
-    assert {pairs[0][1], pairs[0][2]} == {"copy_a", "copy_b"}, pairs[:3]  # the planted pair ranks first
+    # the planted pair ranks first; the only pairs as similar are students who all handed in the source
+    # solution's code unchanged (the catalogue's variants that change other cells), copies too
+    planted = [p for p in pairs if {p[1], p[2]} == {"copy_a", "copy_b"}]
+    assert planted and pairs[0] == planted[0] and float(planted[0][3]) >= max(float(p[3]) for p in pairs), pairs
+    assert all(float(p[3]) < float(planted[0][3]) for p in pairs if len({p[1], p[2]} & {"copy_a", "copy_b"}) == 1)
     assert any("CS231n momentum" in m[0] and "cs231n_default_momentum" in m[3] for m in mistakes), mistakes
     assert any(c[2] == "hidden" for c in cases) and any(c[2] == "visible" for c in cases)
     solution_full = [c for c in cases if c[0] == "test_train_output"]
