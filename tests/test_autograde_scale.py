@@ -13,6 +13,11 @@ path must leave the same grades in the gradebook:
   once some students have results, then started again: only the students
   without a result are graded the second time.
 
+The serially graded course also feeds the Canvas export (nbgrader export with
+bngrade.export_canvas against a roster laid out as Canvas exports it) and the
+class report (bngrade.report, opened in Chromium: the gradebook's numbers,
+the planted near-copy pair copy_a/copy_b first, nothing a student wrote runs).
+
 No short timeouts: each wait is for an event, bounded only by a generous limit.
 """
 import dataclasses
