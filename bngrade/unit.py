@@ -22,6 +22,7 @@ The array-job manifest (`write_manifest`, `unit_task`) is the same unit for
 sites without Dask: one index (Slurm's SLURM_ARRAY_TASK_ID, Kubernetes'
 JOB_COMPLETION_INDEX) grades one student from files on a shared disk.
 """
+import atexit
 import ctypes
 import hashlib
 import io
@@ -164,6 +165,7 @@ def _assignment_dir(assignment_pack):
     key = hashlib.sha256(assignment_pack).hexdigest()
     if key not in _COURSES or not Path(_COURSES[key]).exists():
         d = tempfile.mkdtemp(prefix=f"bngrade-assignment-{key[:8]}-")
+        atexit.register(shutil.rmtree, d, True)  # removed when this process (a worker, an array task) ends
         _unpack(assignment_pack, d)
         _COURSES[key] = d
     return Path(_COURSES[key])
