@@ -89,7 +89,7 @@ A ?= bn_forward
 COURSE_ASSIGNMENTS := bn_forward bn_backward_graph bn_backward_fast bn_spatial_layernorm
 IN_COURSE = cd $(COURSE) && PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: grade-demo generate autograde feedback export-grades bwrap bench-autograde
+.PHONY: grade-demo generate autograde feedback export-grades bwrap bench-autograde report
 
 grade-demo: $(STAMP)   ## the whole cycle on sample submissions, in /tmp/bnkit-grade-demo
 	$(PY) assignments/course.py demo --dest /tmp/bnkit-grade-demo
@@ -109,15 +109,31 @@ bwrap:
 # a progress bar, then the results merged into COURSE/gradebook.db by nbgrader.
 JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 COURSE ?= assignments
-autograde: $(STAMP) bwrap  ## autograde $(COURSE)/submitted/*/$(A), $(JOBS) at a time, then the grade table
-	$(PY) -m bngrade.autograde run $(A) --course $(COURSE) --jobs $(JOBS)
+# ENGINE=dask SCHEDULER=tcp://host:8786 grades on a Dask cluster instead; a killed run resumes
+# (results kept in $(COURSE)/.bngrade-results; FRESH=1 grades everyone again).
+ENGINE    ?= local
+SCHEDULER ?=
+FRESH     ?=
+autograde: $(STAMP) bwrap  ## autograde $(COURSE)/submitted/*/$(A), $(JOBS) at a time (or ENGINE=dask), then the grades
+	$(PY) -m bngrade.autograde run $(A) --course $(COURSE) --jobs $(JOBS) --engine $(ENGINE) \
+	  $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(FRESH),--fresh)
 
-bench-autograde: $(STAMP) bwrap  ## JOBS=1 vs 2, s/submission, peak RSS under a flood -> test-artifacts/
+# JOBS=1 against JOBS=2 (alternating rounds, CPU seconds from a cgroup), then synthetic classes of
+# SIZES students (time, median/p95 per submission, merge per student, memory) with a plot.
+SIZES ?= 100,300,1000
+bench-autograde: $(STAMP) bwrap  ## JOBS=1 vs 2, then classes of $(SIZES) -> test-artifacts/bench-*.json, .png
 	@mkdir -p test-artifacts
 	$(PY) -m bngrade.autograde bench $(A) --course $(COURSE) --students 20 --out test-artifacts/bench-autograde.json
+	$(PY) -m bngrade.bench $(A) --course $(COURSE) --sizes $(SIZES) --out test-artifacts/bench-class.json
+
+report: $(STAMP)  ## reports/$(A)/index.html: the class report (scores, cases, mistakes, integrity, near-copies)
+	$(PY) -m bngrade.report $(A) --course $(COURSE) --out reports/$(A)/index.html
 
 feedback: $(STAMP)     ## feedback/<student>/$(A)/*.html, hidden tests removed
 	$(IN_COURSE) && nbgrader generate_feedback $(A) --force
 
-export-grades: $(STAMP) ## assignments/grades.csv
-	$(IN_COURSE) && nbgrader export
+# ROSTER=<the CSV Canvas exports from its Gradebook>: also $(COURSE)/canvas_grades.csv, Canvas's import file
+ROSTER ?=
+export-grades: $(STAMP) ## $(COURSE)/grades.csv (nbgrader's); with ROSTER=canvas.csv also canvas_grades.csv
+	$(IN_COURSE) && nbgrader export $(if $(ROSTER),--exporter=bngrade.export_canvas.CanvasExportPlugin \
+	  --CanvasExportPlugin.roster=$(abspath $(ROSTER)))

@@ -2,30 +2,35 @@
 
 nbgrader grades one submission at a time, and two nbgrader processes cannot
 share the SQLite gradebook (nbgrader issue #174). Here each student is graded
-by plain `nbgrader autograde` in a private scratch copy of the course (its
-config, `source/<assignment>/`, a copy of the gradebook and that student's
-submission only), many at a time; then the results are brought into the real
-gradebook serially, by nbgrader itself: one `nbgrader autograde` run in the
-real course whose executor is `ReplayGraded`, which puts each student's
-already graded notebook (executed and scored in the scratch copy) in place of
-executing it again, so nbgrader's own sanitizing, `SaveAutoGrades` and late
-penalties write the rows, exactly as a serial run would.
+by plain `nbgrader autograde` in a private scratch course (its config,
+`source/<assignment>/`, the gradebook without students and that student's
+submission only), many at a time, on an engine (`bngrade.engines`: this
+machine's cores, or a Dask cluster). One merge process, the only writer of
+the real gradebook, brings each result in as it arrives: it copies the rows
+nbgrader wrote in the scratch gradebook (`transplant`), or, where that does
+not apply (a re-grade, a failed student), runs `nbgrader autograde` in the
+real course with `ReplayGraded` as its executor, so nbgrader's own
+`SaveAutoGrades` and late penalties write the rows, exactly as a serial run.
+
+Results are kept (COURSE/.bngrade-results/<student>/<assignment>/): a run
+that was killed, started again, grades only the students without a result
+and merges only those not merged (`resume_state`).
 
 Commands (python -m bngrade.autograde ...):
 
-    run A [--course DIR] [--jobs N] [--students a,b] [--keep DIR]
-        grade every submitted/*/A (N at a time, default: the number of cores),
-        with a tqdm bar (ETA, per-student status), then merge and print the grades
+    run A [--course DIR] [--jobs N] [--engine local|dask --scheduler ADDR] [--fresh]
+          [--students a,b] [--results DIR]
+        grade every submitted/*/A with a tqdm bar (done/running/failed, ETA),
+        merge, print the grades
     one A STUDENT [STUDENT...] --course DIR --out DIR
         the standalone unit: one submission in, DIR/STUDENT/A/ out (result.json,
-        the graded notebooks, the integrity report, nbgrader's log). Needs only
-        the course's config, source/A and gradebook.db: run it on any machine
-        of a batch runner, copy every DIR/STUDENT back, then `merge`
+        the graded notebooks, the scratch gradebook, the integrity report,
+        nbgrader's log). `python -m bngrade unit` is the same from packs (array jobs)
     merge A --course DIR --results DIR
-        bring the results of `one` into the course's gradebook (serial, nbgrader)
-    bench [A] [--course DIR] [--students 20] [--out FILE]
-        JOBS=1 vs JOBS=2 on sample submissions, seconds per submission, and the
-        grader's peak RSS under an output flood; writes a JSON file
+        bring the results of `one` not merged yet into the course's gradebook
+    bench [A] [--course DIR] [--students 20] [--rounds 2] [--out FILE]
+        JOBS=1 vs JOBS=2 on sample submissions (alternating), CPU seconds per
+        student, the grader's peak RSS under an output flood; writes a JSON file
 
 Decisions: a student whose scratch grading failed (an invalid notebook, an
 error in nbgrader) fails in the merge run too, with the same per-student
@@ -34,7 +39,6 @@ error in nbgrader) fails in the merge run too, with the same per-student
 """
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import shutil
@@ -126,8 +130,16 @@ def gradebook_scores(course, assignment):
 
 
 # ---------------------------------------------------------------------- one student
-def grade_one(course, assignment, student, out):
-    """Grade one submission in a private scratch copy of the course; write out/student/assignment/."""
+def grade_one(course, assignment, student, out, gradebook=None):
+    """Grade one submission in a private scratch copy of the course; write out/student/assignment/.
+
+    The scratch course gets `gradebook` (a gradebook without students, made once per run by
+    `bngrade.unit.blank_gradebook`; by default one is made here), so its size and the cost of a
+    student do not grow with the class. Its gradebook, holding the rows nbgrader wrote for this one
+    student, is kept as out/student/assignment/gradebook.db for the merge.
+    """
+    from bngrade.unit import blank_gradebook, publish_result, submission_digest
+
     course, out = Path(course).resolve(), Path(out).resolve()
     t0 = time.monotonic()
     dest = out / student / assignment
@@ -137,10 +149,14 @@ def grade_one(course, assignment, student, out):
     for need in ("nbgrader_config.py", "gradebook.db", f"source/{assignment}", f"submitted/{student}/{assignment}"):
         if not (course / need).exists():
             raise SystemExit(f"{course / need} is missing (run `nbgrader generate_assignment {assignment}` first?)")
-    scratch = Path(tempfile.mkdtemp(prefix=f"bngrade-{student}-"))
+    digest = submission_digest(course, assignment, student)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{student}-"))
     try:
         shutil.copy(course / "nbgrader_config.py", scratch)
-        shutil.copy(course / "gradebook.db", scratch)
+        if gradebook:
+            shutil.copy(gradebook, scratch / "gradebook.db")
+        else:
+            blank_gradebook(course, scratch / "gradebook.db")
         shutil.copytree(course / "source" / assignment, scratch / "source" / assignment, symlinks=True)
         (scratch / "submitted" / student).mkdir(parents=True)
         # by content: links, hard links, FIFOs and devices are left out (a copy would hide a hard link)
@@ -155,17 +171,30 @@ def grade_one(course, assignment, student, out):
         report = scratch / "reports" / assignment / student
         if report.is_dir():
             shutil.copytree(report, dest / "reports", symlinks=True)
+        shutil.copy(scratch / "gradebook.db", dest / "gradebook.db")
         scores = gradebook_scores(scratch, assignment).get(student) if graded.is_dir() else None
         result = dict(student=student, assignment=assignment, returncode=rc, ok=graded.is_dir() and ERROR_LINE
                       not in log, scores=scores, seconds=round(time.monotonic() - t0, 3), grader_maxrss_kib=maxrss,
                       timed_out="running the notebook once more" in log or "ran past" in log,
                       warnings=[f"bngrade: {student}: not given to the kernel: {name} ({why})"
                                 for name, why in sorted(refused.items())[:5]]
-                      + [line for line in log.splitlines() if "bngrade:" in line and "WARNING" in line][-5:])
+                      + [line for line in log.splitlines() if "bngrade:" in line and "WARNING" in line][-5:],
+                      submission_sha256=digest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    (dest / "result.json").write_text(json.dumps(result, indent=1))
+    publish_result(dest, result)  # last: a directory with a result.json is a finished result
     return result
+
+
+SCRATCH_PREFIX = "bngrade-p"
+
+
+def _remove_stale_scratch():
+    """Scratch courses left by graders that were killed (their pid is in the name and no longer runs)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = d.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- merge
@@ -212,9 +241,15 @@ def start_merge(course, assignment, results):
     log = tempfile.TemporaryFile(mode="w+")
     args = [sys.executable, "-m", "bngrade.autograde", "_merge_in_nbgrader", assignment, str(results), "-"]
     proc = subprocess.Popen(args, cwd=course, env=_env(), stdin=subprocess.PIPE, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
     proc.log_file = log
     return proc
+
+
+def _die_with_parent():
+    from bngrade.unit import die_with_parent
+
+    die_with_parent()
 
 
 def finish_merge(proc, course, assignment, results, students):
@@ -226,6 +261,23 @@ def finish_merge(proc, course, assignment, results, students):
     proc.log_file.close()
     _copy_reports(course, assignment, results, students)
     return rc, log
+
+
+def merge_results(course, assignment, results):
+    """The merge step after `one` or an array job: the students whose results are there (a batch may
+    hold part of the class) and not merged yet; prints the log and the grade table, returns nbgrader's rc."""
+    students = submitted_students(course, assignment)
+    have = [s for s in students if (Path(results) / s / assignment / "result.json").exists()]
+    _, to_merge, finished = resume_state(course, assignment, have, results)
+    missing = sorted(set(students) - set(have))
+    print(f"merging {len(to_merge)} result(s) into {Path(course).resolve() / 'gradebook.db'} "
+          f"({len(finished)} already merged, {len(missing)} student(s) without a result)", flush=True)
+    rc, log = merge(course, assignment, results, to_merge) if to_merge else (0, "")
+    print(log[-5000:])
+    print(table(course, assignment))
+    if missing:
+        print(f"no result yet for: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+    return rc
 
 
 def _copy_reports(course, assignment, results, students):
@@ -247,6 +299,12 @@ def _merge_in_nbgrader(assignment, results, students):
     for student in ids:
         if not student:
             continue
+        t0 = time.monotonic()
+        if student != "*" and transplant(".", assignment, Path(results) / student / assignment, student):
+            _mark_merged(Path(results) / student / assignment)
+            print(f"[bngrade merge] {student}: rows copied from its scratch gradebook "
+                  f"({(time.monotonic() - t0) * 1000:.1f} ms)", flush=True)
+            continue
         app = AutogradeApp()
         app.initialize([assignment, "--force", f"--student={student}"])
         extra = Config()
@@ -257,19 +315,136 @@ def _merge_in_nbgrader(assignment, results, students):
                                                    CheckCellMetadata]
         extra.ReplayGraded.results_dir = results
         app.update_config(extra)
+        merged = False
         try:
             app.start()
+            merged = student != "*"
         except SystemExit as e:
             rc = rc or (e.code if isinstance(e.code, int) else 1)
+            merged = e.code in (0, None) and student != "*"
         except Exception as e:  # nbgrader raises NbGraderException after logging the per-student errors
             print(f"{type(e).__name__}: {e}", file=sys.stderr)
             rc = 1
         AutogradeApp.clear_instance()
+        if merged:  # this result is in the gradebook: a resumed run need not merge it again
+            _mark_merged(Path(results) / student / assignment)
+            print(f"[bngrade merge] {student}: replayed through nbgrader ({(time.monotonic() - t0) * 1000:.1f} ms)",
+                  flush=True)
     return rc
+
+
+_ROWS = (  # what nbgrader's autograde writes for one submission, parents first
+    ("submitted_assignment", "id = :sub"),
+    ("submitted_notebook", "assignment_id = :sub"),
+    ("grade", "notebook_id IN (SELECT id FROM {db}.submitted_notebook WHERE assignment_id = :sub)"),
+    ("comment", "notebook_id IN (SELECT id FROM {db}.submitted_notebook WHERE assignment_id = :sub)"),
+)
+
+
+def transplant(course, assignment, base, student):
+    """Copy the rows nbgrader wrote in a student's scratch gradebook into the course's; True if done.
+
+    The scratch gradebook is a copy of the course's (taken after generate_assignment), so its
+    assignment, notebook and cell ids are the course's and nbgrader's own rows (SaveAutoGrades,
+    AssignLatePenalties, run in the scratch course with the same config) can be inserted as they
+    are, in one transaction: milliseconds where replaying through nbgrader costs ~0.4 s of CPU.
+    False (the caller replays through nbgrader instead) when it does not apply: the grading failed
+    (nbgrader's own error lines are wanted), the course already has a submission of this student
+    (re-grading keeps nbgrader's update semantics: manual grades, extensions), or the ids differ
+    (the assignment was generated again since).
+    """
+    import sqlite3
+
+    base, course = Path(base), Path(course)
+    try:
+        info = json.loads((base / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    scratch = base / "gradebook.db"
+    if not info.get("ok") or not scratch.exists() or not (base / "autograded").is_dir():
+        return False
+    db = sqlite3.connect(str(course / "gradebook.db"), isolation_level=None, timeout=600)
+    try:
+        db.execute("ATTACH DATABASE ? AS s", (str(scratch),))
+        db.execute("BEGIN IMMEDIATE")
+        one = db.execute("SELECT a.id FROM main.assignment a JOIN s.assignment b ON a.id = b.id "
+                         "WHERE a.name = ?", (assignment,)).fetchone()
+        sub = db.execute("SELECT sa.id FROM s.submitted_assignment sa JOIN s.assignment a ON a.id = sa.assignment_id "
+                         "WHERE a.name = ? AND sa.student_id = ?", (assignment, student)).fetchall()
+        exists = db.execute("SELECT 1 FROM main.submitted_assignment WHERE assignment_id = ? AND student_id = ?",
+                            (one[0] if one else None, student)).fetchone()
+        unknown = db.execute(  # a cell or notebook the course's gradebook does not know
+            "SELECT 1 FROM s.submitted_notebook n WHERE n.notebook_id NOT IN (SELECT id FROM main.notebook) "
+            "UNION ALL SELECT 1 FROM s.grade g WHERE g.cell_id NOT IN (SELECT id FROM main.grade_cells) "
+            "UNION ALL SELECT 1 FROM s.comment c WHERE c.cell_id NOT IN (SELECT id FROM main.solution_cells)"
+        ).fetchone()
+        if not one or len(sub) != 1 or exists or unknown:
+            db.execute("ROLLBACK")
+            return False
+        db.execute("INSERT OR IGNORE INTO main.student SELECT * FROM s.student WHERE id = ?", (student,))
+        for table, where in _ROWS:
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM s.{table} WHERE {where.format(db='s')}",
+                       {"sub": sub[0][0]})
+        # the files nbgrader's autograde leaves in the course (written before the rows are committed)
+        dest = course / "autograded" / student / assignment
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(base / "autograded", dest, symlinks=True)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    finally:
+        db.close()
+    return True
+
+
+def _digest_file(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _mark_merged(base):
+    marker = base / "merged"
+    part = base / "merged.part"
+    part.write_text(_digest_file(base / "result.json"))
+    os.replace(part, marker)
+
+
+def resume_state(course, assignment, students, results):
+    """Split the class into (to grade, to merge, finished) from what `results` and the gradebook hold.
+
+    A student has a result when results/S/A/result.json exists and was made from the submission
+    that is there now (its sha256); it is finished when the merge marked that very result.json as
+    merged and the gradebook has the submission.
+    """
+    from bngrade.unit import submission_digest
+
+    in_gradebook = set(gradebook_scores(course, assignment)) if (Path(course) / "gradebook.db").exists() else set()
+    to_grade, to_merge, finished = [], [], []
+    for s in students:
+        base = Path(results) / s / assignment
+        try:
+            info = json.loads((base / "result.json").read_text())
+        except (OSError, ValueError):
+            to_grade.append(s)
+            continue
+        if info.get("submission_sha256") != submission_digest(course, assignment, s):
+            to_grade.append(s)
+        elif (s in in_gradebook and (base / "merged").exists()
+              and (base / "merged").read_text() == _digest_file(base / "result.json")):
+            finished.append(s)
+        else:
+            to_merge.append(s)
+    return to_grade, to_merge, finished
 
 
 # ---------------------------------------------------------------------- run
 def _status(result):
+    if result.get("engine_error"):
+        return f"NOT GRADED ({result['engine_error'][:200]}); a new run retries it"
     if not result.get("ok"):
         return "FAILED (see its nbgrader.log)"
     scores = result.get("scores") or {}
@@ -278,47 +453,84 @@ def _status(result):
     return f"{got:g}/{top:g}" + (" (timed out once)" if result.get("timed_out") else "")
 
 
-def run(course, assignment, jobs=None, students=None, keep=None, quiet=False):
-    """Grade the submissions `jobs` at a time, merging each into the gradebook as it is done;
-    returns (rc, {student: result}, merge log)."""
-    from tqdm import tqdm
+def run(course, assignment, jobs=None, students=None, keep=None, quiet=False, engine="local", scheduler=None,
+        fresh=False, client=None):
+    """Grade the submissions on an engine, merging each into the gradebook as it is done;
+    returns (rc, {student: result}, merge log).
+
+    Resumable: the per-student results stay in `keep` (default COURSE/.bngrade-results), so a run
+    that was killed, started again, grades only the students without a result (or whose submission
+    changed since) and merges only those not merged yet. `fresh` forgets the results first.
+    """
+    from bngrade import engines
+    from bngrade.unit import submission_digest
 
     course = Path(course).resolve()
     jobs = jobs or os.cpu_count() or 1
     students = students or submitted_students(course, assignment)
     if not students:
         raise SystemExit(f"no submissions in {course}/submitted/*/{assignment}")
-    out = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="bngrade-results-"))
-    _preload()
-    results, merger = {}, None
+    if engine not in engines.ENGINES:
+        raise SystemExit(f"unknown engine {engine!r} (one of {', '.join(engines.ENGINES)})")
+    if engine == "dask" and not (scheduler or client):
+        raise SystemExit("ENGINE=dask needs SCHEDULER=tcp://host:8786 (the address `dask scheduler` prints)")
+    out = engines.results_dir(course, assignment, keep)
+    if fresh:
+        for s in students:
+            shutil.rmtree(out / s / assignment, ignore_errors=True)
+    _remove_stale_scratch()
+    to_grade, to_merge, finished = resume_state(course, assignment, students, out)
+    if (to_merge or finished) and not quiet:
+        print(f"resuming: {len(finished) + len(to_merge)} of {len(students)} students already graded "
+              f"(results in {out}); grading {len(to_grade)}", flush=True)
+    if engine == "local":
+        _preload()
+        from bngrade.unit import blank_gradebook
+
+        out.mkdir(parents=True, exist_ok=True)
+        gradebook = out / f".{assignment}-gradebook.db"  # the course's, without students: once per run
+        gradebook.unlink(missing_ok=True)
+        blank_gradebook(course, gradebook)
+    results, merger, progress = {}, None, None
     try:
         # The gradebook takes one writer: one merge process replays each student into it as soon as
         # that student's result is in, while the workers grade the others (the merge overlaps them).
         merger = start_merge(course, assignment, out)
-        # fork: the workers start with nbgrader, bnkit and the course config already imported
-        with multiprocessing.get_context("fork").Pool(jobs) as pool, tqdm(
-                total=len(students), desc=f"autograde {assignment}", unit="student", disable=quiet,
-                dynamic_ncols=True) as bar:
-            tasks = [(str(course), assignment, s, str(out)) for s in students]
-            for result in pool.imap_unordered(_grade_task, tasks):
-                results[result["student"]] = result
-                merger.stdin.write(result["student"] + "\n")
+        for s in to_merge:
+            merger.stdin.write(s + "\n")
+        merger.stdin.flush()
+        progress = engines.Progress(len(students), f"autograde {assignment}", len(students) - len(to_grade), quiet)
+        if engine == "local":
+            stream = engines.local(course, assignment, to_grade, out, jobs, progress, gradebook)
+        else:
+            digests = {s: submission_digest(course, assignment, s) for s in to_grade}
+            stream = engines.dask(course, assignment, to_grade, out, scheduler, progress, digests, client)
+        for student, result in stream:
+            results[student] = result
+            failed = bool(result.get("engine_error")) or not result.get("ok")
+            if not result.get("engine_error"):  # a result to merge (a failed grading fails in the merge too)
+                merger.stdin.write(student + "\n")
                 merger.stdin.flush()
-                bar.set_postfix_str(f"{result['student']}: {_status(result)}")
-                bar.write(f"  {result['student']:<28} {_status(result)}  ({result.get('seconds', 0):.1f} s)")
-                bar.update()
+            progress.finished(f"  {student:<28} {_status(result)}  ({result.get('seconds', 0):.1f} s)", failed)
+        progress.set_running(0)
+        progress.close()
+        lost = sorted(s for s, r in results.items() if r.get("engine_error"))
         if not quiet:
             print(f"finishing the merge into {course / 'gradebook.db'} (nbgrader, one student at a time)",
                   flush=True)
         t_merge = time.monotonic()
         rc, log = finish_merge(merger, course, assignment, out, students)
         run.last_merge_seconds = round(time.monotonic() - t_merge, 2)  # the part not overlapped
+        if lost:
+            log += "".join(f"\nbngrade: {s} was not graded: {results[s]['engine_error']} (run again to retry)"
+                           for s in lost)
+            rc = rc or 1
     finally:
+        if progress is not None:
+            progress.close()
         if merger is not None and merger.poll() is None:  # interrupted: stop the merge too
             merger.kill()
             merger.wait()
-        if not keep:
-            shutil.rmtree(out, ignore_errors=True)
     return rc, results, log
 
 
@@ -331,13 +543,7 @@ def _preload():
     import bngrade.sandbox  # noqa: F401
     import bngrade.verdict  # noqa: F401
 
-
-def _grade_task(task):
-    course, assignment, student, out = task
-    try:
-        return grade_one(course, assignment, student, out)
-    except BaseException as e:  # a worker never dies on one student
-        return dict(student=student, assignment=assignment, ok=False, error=f"{type(e).__name__}: {e}")
+    bngrade.sandbox.kernel_site_binds()  # resolved once here, not once per worker
 
 
 def table(course, assignment):
@@ -384,38 +590,84 @@ def _bench_course(src, dest, assignment, n, flood=False):
     return d
 
 
-def bench(src, assignment, n, out):
+class CpuMeter:
+    """CPU seconds used by this process and every process it starts from now on (the sandboxes, the
+    merge), from a cgroup v1 cpuacct group of its own; None where none can be made (not root)."""
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self):
+        self.group = None
+        try:
+            group = self.ROOT / f"bngrade-bench-{os.getpid()}"
+            group.mkdir(exist_ok=True)
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+            self.group = group
+        except OSError:
+            pass
+
+    def seconds(self):
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9 if self.group else None
+
+    def close(self):
+        if self.group:
+            (self.ROOT / "cgroup.procs").write_text(str(os.getpid()))
+            for _ in range(50):  # the group empties as its last processes are reaped
+                try:
+                    self.group.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def bench(src, assignment, n, out, rounds=2):
+    """JOBS=1 against JOBS=2, measured side by side: the runs alternate (1, 2, 2, 1, ...), so a load
+    that changes meanwhile (other people on the machine) weighs on both; every run must give the
+    grades of the first. CPU seconds (all processes: grader, sandboxes, merge) per student come
+    from a cgroup and do not depend on the load."""
     src = Path(src).resolve()
     base = Path(tempfile.mkdtemp(prefix="bngrade-bench-"))
-    figures = dict(assignment=assignment, submissions=n, cores=os.cpu_count(), runs={})
+    template = _bench_course(src, base / "template", assignment, n)
+    figures = dict(assignment=assignment, submissions=n, cores=os.cpu_count(), rounds=rounds, runs=[])
+    meter = CpuMeter()
+    order = [j for r in range(rounds) for j in ((1, 2) if r % 2 == 0 else (2, 1))]
+    reference = None
     try:
-        for jobs in (1, 2):
-            d = _bench_course(src, base / f"jobs{jobs}", assignment, n)
-            t0 = time.monotonic()
-            rc, results, _ = run(d, assignment, jobs=jobs, quiet=False)
+        for k, jobs in enumerate(order):
+            d = base / f"run{k}-jobs{jobs}"
+            shutil.copytree(template, d, symlinks=True)
+            load = os.getloadavg()[0]
+            cpu0, t0 = meter.seconds(), time.monotonic()
+            rc, results, _ = run(d, assignment, jobs=jobs, quiet=True)
             wall = time.monotonic() - t0
-            per = [r["seconds"] for r in results.values() if "seconds" in r]
-            figures["runs"][f"jobs{jobs}"] = dict(
-                # the merge overlaps the grading; merge_tail_seconds is what is left of it at the end
-                wall_seconds=round(wall, 2), merge_tail_seconds=run.last_merge_seconds,
-                grading_seconds=round(wall - run.last_merge_seconds, 2), merge_rc=rc,
+            cpu = meter.seconds() - cpu0 if meter.group else None
+            per = sorted(r["seconds"] for r in results.values() if "seconds" in r)
+            grades = gradebook_scores(d, assignment)
+            reference = reference or grades
+            figures["runs"].append(dict(
+                jobs=jobs, wall_seconds=round(wall, 2), merge_tail_seconds=run.last_merge_seconds,
+                cpu_seconds_per_student=round(cpu / n, 3) if cpu is not None else None,
+                load_average_before=round(load, 2), grades_equal_first_run=grades == reference,
                 graded=sum(r.get("ok", False) for r in results.values()),
                 median_seconds_per_submission=round(statistics.median(per), 3) if per else None,
-                max_grader_rss_mib=round(max(r.get("grader_maxrss_kib", 0) for r in results.values()) / 1024, 1))
-        j1, j2 = figures["runs"]["jobs1"]["wall_seconds"], figures["runs"]["jobs2"]["wall_seconds"]
-        figures["speedup_jobs2_over_jobs1"] = round(j1 / j2, 3)
-        g1, g2 = (figures["runs"][k]["grading_seconds"] for k in ("jobs1", "jobs2"))
-        figures["speedup_of_the_parallel_phase"] = round(g1 / g2, 3)
+                max_grader_rss_mib=round(max(r.get("grader_maxrss_kib", 0) for r in results.values()) / 1024, 1)))
+            print(json.dumps(figures["runs"][-1]), flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+        walls = {j: [r["wall_seconds"] for r in figures["runs"] if r["jobs"] == j] for j in (1, 2)}
+        pairs = [walls[1][i] / walls[2][i] for i in range(rounds)]
+        figures["speedup_jobs2_over_jobs1_per_round"] = [round(x, 3) for x in pairs]
+        figures["speedup_jobs2_over_jobs1"] = round(statistics.median(pairs), 3)
+        figures["all_grades_equal"] = all(r["grades_equal_first_run"] for r in figures["runs"])
         figures["load_average_at_end"] = os.getloadavg()
-        figures["throughput_seconds_per_submission_jobs2"] = round(j2 / n, 3)
         d = _bench_course(src, base / "flood", assignment, 0, flood=True)
         result = grade_one(d, assignment, "flood", base / "flood-out")
         figures["flood"] = dict(grader_peak_rss_mib=round(result["grader_maxrss_kib"] / 1024, 1),
                                 seconds=result["seconds"], scores=result["scores"])
     finally:
+        meter.close()
         shutil.rmtree(base, ignore_errors=True)
     Path(out).write_text(json.dumps(figures, indent=1) + "\n")
-    print(json.dumps(figures, indent=1))
+    print(json.dumps({k: v for k, v in figures.items() if k != "runs"}, indent=1))
     return figures
 
 
@@ -428,7 +680,11 @@ def main(argv=None):
     r.add_argument("--course", default="assignments")
     r.add_argument("--jobs", type=int, default=0, help="students at a time (0: the number of cores)")
     r.add_argument("--students", default="", help="comma-separated ids (default: every submission)")
-    r.add_argument("--keep", default="", help="keep the per-student results in this directory")
+    r.add_argument("--keep", "--results", dest="keep", default="",
+                   help="the per-student results (default COURSE/.bngrade-results; kept: a new run resumes)")
+    r.add_argument("--engine", default="local", choices=("local", "dask"))
+    r.add_argument("--scheduler", default="", help="ENGINE=dask: the scheduler's address, tcp://host:8786")
+    r.add_argument("--fresh", action="store_true", help="forget the results of earlier runs: grade everyone")
     o = sub.add_parser("one")
     o.add_argument("assignment")
     o.add_argument("students", nargs="+", metavar="student")
@@ -443,6 +699,7 @@ def main(argv=None):
     b.add_argument("--course", default="assignments")
     b.add_argument("--students", type=int, default=20)
     b.add_argument("--out", default="bench-autograde.json")
+    b.add_argument("--rounds", type=int, default=2, help="pairs of runs (JOBS=1, JOBS=2), alternating")
     i = sub.add_parser("_merge_in_nbgrader")
     i.add_argument("assignment")
     i.add_argument("results")
@@ -450,7 +707,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd == "run":
         students = [s for s in args.students.split(",") if s] or None
-        rc, results, log = run(args.course, args.assignment, args.jobs or None, students, args.keep or None)
+        rc, results, log = run(args.course, args.assignment, args.jobs or None, students, args.keep or None,
+                               engine=args.engine, scheduler=args.scheduler or None, fresh=args.fresh)
         failed = [line.strip() for line in log.splitlines() if ERROR_LINE in line and "for student" in line]
         for line in failed:
             print(line)
@@ -462,15 +720,10 @@ def main(argv=None):
     if args.cmd == "one":
         ok = [grade_one(args.course, args.assignment, s, args.out)["ok"] for s in args.students]
         return 0 if all(ok) else 1
-    if args.cmd == "merge":  # the students whose results are there (a batch may hold part of the class)
-        have = sorted(p.parent.parent.name for p in Path(args.results).glob(f"*/{args.assignment}/result.json"))
-        every = set(have) == set(submitted_students(args.course, args.assignment))
-        rc, log = merge(args.course, args.assignment, args.results, None if every else have)
-        print(log[-5000:])
-        print(table(args.course, args.assignment))
-        return rc
+    if args.cmd == "merge":
+        return merge_results(args.course, args.assignment, args.results)
     if args.cmd == "bench":
-        bench(args.course, args.assignment, args.students, args.out)
+        bench(args.course, args.assignment, args.students, args.out, args.rounds)
         return 0
     if args.cmd == "_merge_in_nbgrader":
         return _merge_in_nbgrader(args.assignment, args.results, args.students)
