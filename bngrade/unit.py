@@ -59,7 +59,7 @@ def _walk(root):
         dirs.sort()
 
 
-def _add_tree(tar, root, arcroot, keep_links):
+def _add_tree(tar, root, arcroot):
     root = Path(root)
     info = tarfile.TarInfo(str(arcroot))
     info.type, info.mode = tarfile.DIRTYPE, 0o755
@@ -69,11 +69,7 @@ def _add_tree(tar, root, arcroot, keep_links):
         if kind == "dir":
             info.type, info.mode = tarfile.DIRTYPE, 0o755
             tar.addfile(info)
-        elif kind == "link":
-            if keep_links:
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(root / rel)
-                tar.addfile(info)
-        else:  # a regular file, read through a descriptor that refuses a link swapped in meanwhile
+        elif kind == "file":  # a regular file, read through a descriptor that refuses a link swapped in meanwhile
             fd = os.open(root / rel, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, "rb") as f:
                 info.mtime = int(os.fstat(f.fileno()).st_mtime)
@@ -82,19 +78,17 @@ def _add_tree(tar, root, arcroot, keep_links):
             tar.addfile(info, io.BytesIO(data))
 
 
-def _tar_bytes(entries, keep_links=False):
+def _tar_bytes(entries):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
         for root, arcroot in entries:
-            _add_tree(tar, root, arcroot, keep_links)
+            _add_tree(tar, root, arcroot)
     return buf.getvalue()
 
 
-def _unpack(data, dest, keep_links=False):
-    """Extract a pack under dest: directories and regular files (and links, if asked) only."""
+def _unpack(data, dest):
+    """Extract a pack under dest: directories and regular files only."""
     def only_plain(member, path):
-        if member.issym() and keep_links:
-            return tarfile.tar_filter(member, path)
         if not (member.isdir() or member.isreg()):
             return None
         return tarfile.data_filter(member, path)
@@ -130,7 +124,7 @@ def pack_assignment(course, assignment):
         with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
             tar.add(tmp / "nbgrader_config.py", "nbgrader_config.py")
             tar.add(tmp / "gradebook.db", "gradebook.db")
-            _add_tree(tar, course / "source" / assignment, f"source/{assignment}", keep_links=False)
+            _add_tree(tar, course / "source" / assignment, f"source/{assignment}")
         return buf.getvalue()
 
 
