@@ -17,8 +17,8 @@ def main(argv=None) -> int:
                    help="cpu, cuda, all (both, one after the other), or auto (default): "
                         "all where CUDA is available, else cpu")
     b.add_argument("--impl", action="append", help="only this implementation (repeatable)")
-    b.add_argument("--dtype", action="append", choices=["float32", "float16", "bfloat16"],
-                   help="only this dtype (repeatable; float16/bfloat16 on CUDA only)")
+    b.add_argument("--dtype", action="append", choices=["float32", "float64", "float16", "bfloat16"],
+                   help="only this dtype (repeatable; float64 on the CPU only, float16/bfloat16 on CUDA only)")
     b.add_argument("--layout", action="append", choices=["nd", "nchw", "nhwc"],
                    help="only this layout (repeatable)")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
         shapes = bench.QUICK_SHAPES if args.quick and not args.full_shapes else bench.FULL_SHAPES
         if args.layout:
             shapes = [s for s in shapes if s[0] in args.layout]
-        dtypes = args.dtype if device == "cuda" or not args.dtype else [d for d in args.dtype if d == "float32"]
+        allowed = ("float32", "float64") if device == "cpu" else ("float32", "float16", "bfloat16")
+        dtypes = [d for d in args.dtype if d in allowed] if args.dtype else None
         def checkpoint(m, r, done=rows):  # partial figures survive an interrupted run
             if args.json:
                 bench.write_json(args.json, m, done + r)
@@ -65,6 +66,9 @@ def main(argv=None) -> int:
         return 1
     meta = meta[devices[-1]] if len(meta) == 1 else dict(runs=meta)
     print(bench.table([r for r in rows if not args.show or r["impl"] in args.show]))
+    summary = bench.fast_vs_staged(rows)
+    if summary:
+        print(summary, file=sys.stderr)
     if args.json:
         bench.write_json(args.json, meta, rows)
         print(f"wrote {args.json}", file=sys.stderr)

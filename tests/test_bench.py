@@ -4,6 +4,7 @@ committed figures the performance chapter plots."""
 import csv
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -39,7 +40,20 @@ def test_run_reports_every_field():
     for key in ("device_name", "date", "numpy", "torch", "copy_GBps"):
         assert meta[key]
     assert meta["copy_GBps"] > 0
-    assert len(rows) == len(TINY) * 4 * 2
+    assert meta["processes"] == [bench.NUMPY_ONLY, bench.TORCH_IMPORTED]
+    # per shape and dtype (float32, float64): the two numpy implementations in
+    # both fresh processes, the two torch ones here; each with two passes
+    assert len(rows) == len(TINY) * 2 * (2 * 2 + 2) * 2
+    assert {r["dtype"] for r in rows} == {"float32", "float64"}
+    numpy_rows = [r for r in rows if r["impl"].endswith("numpy")]
+    assert {r["process"] for r in numpy_rows} == {bench.NUMPY_ONLY, bench.TORCH_IMPORTED}
+    assert {r["process"] for r in rows if not r["impl"].endswith("numpy")} == {bench.TORCH_IMPORTED}
+    assert all(r["rel_err_vs_native"] is not None for r in numpy_rows)  # the children computed what we did
+    for r in numpy_rows:  # fast against staged, in the same process
+        staged_row = next(s for s in numpy_rows if s["impl"] == "staged-numpy" and s["process"] == r["process"]
+                          and all(s[k] == r[k] for k in ("layout", "shape", "dtype", "pass")))
+        assert r["vs_staged"] == pytest.approx(staged_row["median_ms"] / r["median_ms"])
+        assert r["timing"] == "process_time" and r["wall_median_ms"] > 0
     for r in rows:
         es = r["elements"] * r["itemsize"]
         assert r["moved_bytes"] == (3 if r["pass"] == "fwd" else 5) * es
@@ -53,11 +67,11 @@ def test_run_reports_every_field():
             assert r["vs_native"] == 1.0
 
 
-def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capsys):
+def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(bench, "QUICK_SHAPES", TINY)
     out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
     assert main(["bench", "--quick", "--impl", "fast-numpy", "--impl", "staged-numpy", "--repeat", "2",
-                 "--json", str(out_json), "--csv", str(out_csv)]) == 0
+                 "--dtype", "float32", "--json", str(out_json), "--csv", str(out_csv)]) == 0
     data = json.loads(out_json.read_text())
     assert {r["impl"] for r in data["results"]} == {"fast-numpy", "staged-numpy"}
     assert data["meta"]["device"] == "cpu" and data["meta"]["numpy"] == np.__version__
@@ -65,13 +79,18 @@ def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(data["results"]) and rows[0]["device_name"]
     assert set(rows[0]) == set(bench.COLUMNS + bench.META_COLUMNS)
-    captured = capsys.readouterr()  # read once: a second read would find both streams empty
+    captured = capfd.readouterr()  # fd level: the fresh processes write progress too; read once
     table_lines = captured.out.strip().splitlines()
     assert table_lines[0].split()[:5] == ["layout", "shape", "dtype", "impl", "pass"]
     assert len(table_lines) == 1 + len(data["results"])  # stdout: the table and nothing else
-    # stderr: the progress of every measurement, then where the files went
+    # stderr: the progress of every measurement, in both fresh processes where
+    # torch is installed, then where the files went
     total = len(TINY) * 2
-    assert f"[1/{total}]" in captured.err and f"[{total}/{total}]" in captured.err
+    kinds = [bench.NUMPY_ONLY] + ([bench.TORCH_IMPORTED] if "torch" in sys.modules else [])
+    for kind in kinds:
+        assert f"[{kind} 1/{total}]" in captured.err and f"[{kind} {total}/{total}]" in captured.err
+    assert {r["process"] for r in data["results"]} == set(kinds)
+    assert {r["dtype"] for r in data["results"]} == {"float32"}
     assert f"wrote {out_json}" in captured.err and f"wrote {out_csv}" in captured.err
 
 
@@ -106,8 +125,47 @@ def test_committed_figures_are_complete(name):
             (layout, "x".join(map(str, s))) for layout, s in bench.FULL_SHAPES}
     for r in rows:
         assert r["median_ms"] > 0
-        tol = 1e-4 if r["dtype"] == "float32" else 2e-2
+        tol = 1e-4 if r["dtype"] in ("float32", "float64") else 2e-2
         assert r["rel_err_vs_native"] is not None and r["rel_err_vs_native"] < tol, r
+    if meta["device"] == "cpu":  # what chapter 9 reads: numpy in both kinds of process, both dtypes
+        assert meta["processes"] == [bench.NUMPY_ONLY, bench.TORCH_IMPORTED]
+        for process in meta["processes"]:
+            for dtype in ("float32", "float64"):
+                fast_rows = [r for r in rows if r["impl"] == "fast-numpy" and r["process"] == process
+                             and r["dtype"] == dtype]
+                assert fast_rows and all(r["vs_staged"] > 0 for r in fast_rows), (process, dtype)
+
+
+@pytest.mark.parametrize("kind", ["numpy-only", "torch-imported"])
+def test_the_fresh_processes_import_torch_or_not_as_named(kind):
+    """The children the benchmark starts compute exactly what this process
+    does; measure_in_fresh_process raises unless the child imported torch
+    exactly when its kind says so."""
+    if kind == bench.TORCH_IMPORTED:
+        pytest.importorskip("torch")
+    got = bench.measure_in_fresh_process([("nd", (64, 8), "float64", "fast-numpy")], quick=True, repeat=2,
+                                         process=kind)
+    (key, res), = got.items()
+    assert key == ("nd", "64x8", "float64", "fast-numpy")
+    assert [r["process"] for r in res["rows"]] == [kind] * 2
+    fwd, bwd = bench.numpy_impl(bench.fast, bench.numpy_case("nd", (64, 8), dtype="float64"))
+    from bnkit.bench.numpy_process import digest
+    assert res["digests"] == [digest(fwd()), digest(bwd())]
+
+
+def test_fast_keeps_its_vectors_half_a_page_from_the_big_arrays():
+    """bnkit.fast copies the per-channel vectors it broadcasts so that their
+    address is 2 KiB from the x-sized array's modulo 4 KiB (4K aliasing,
+    chapter 9); the copy holds the same values."""
+    from bnkit.fast import _apart
+
+    big = np.zeros((256, 64))
+    for dtype in (np.float32, np.float64):
+        v = np.arange(64, dtype=dtype).reshape(1, 64)
+        w = _apart(v, big)
+        assert w.dtype == v.dtype and w.shape == v.shape and np.array_equal(w, v)
+        assert (w.ctypes.data - big.ctypes.data) % 4096 == 2048
+    assert _apart(big, big) is big  # not a small vector: left where it is
 
 
 def test_registry_names_every_implementation():

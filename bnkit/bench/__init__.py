@@ -8,8 +8,15 @@ Implementations (`impls.IMPLS`, a name -> factory table):
   native kernels), under `torch.compile`, bnkit's Function, and bnkit's
   Triton kernels.
 
+On the CPU the numpy implementations run in float32 and float64, each
+timed twice: in a fresh process that never imports torch and in the
+benchmark's own process, which has; the rows' ``process`` field says which.
+
 Method: warm-up, then repeated runs; the median and the 20th/80th
-percentiles. CPU runs are timed with `time.perf_counter`. On the GPU each
+percentiles. CPU runs are timed in the process's CPU time
+(`time.process_time`: every CPU implementation runs on one thread, and a
+shared machine's waits for a core are not the code's), with the wall time
+beside it. On the GPU each
 call is captured once in a CUDA graph and the graph's replays are timed with
 `triton.testing.do_bench` (CUDA events, L2 flushed before each run; CUDA
 events and an explicit flush when triton is missing): that is the device
@@ -26,6 +33,8 @@ The package, one job per module:
 - `impls`: the inputs and the implementations registry;
 - `environment`: what the figures were measured on;
 - `driver`: the measurement loop (`run`);
+- `numpy_process`: the numpy implementations timed in a fresh process that
+  never imports torch (what a reader's own numpy code runs in);
 - `report`: JSON, CSV and the text table (the fields the book reads);
 - `sweep`: the Triton tuning sweep, with its knobs passed explicitly.
 
@@ -35,14 +44,15 @@ from .. import fast, staged
 from .driver import FULL_SHAPES, PASS_BYTES, QUICK_SHAPES, finish, measure, rel_err, run, to_numpy
 from .environment import environment
 from .impls import CPU_IMPLS, CUDA_IMPLS, IMPLS, Impl, available_impls, numpy_case, numpy_impl, torch_case, torch_impl
-from .report import COLUMNS, META_COLUMNS, table, write_csv, write_json
+from .numpy_process import NUMPY_ONLY, TORCH_IMPORTED, measure_in_fresh_process
+from .report import COLUMNS, META_COLUMNS, fast_vs_staged, table, write_csv, write_json
 from .sweep import sweep_triton, variants
-from .timing import copy_bandwidth, graph_of, log, new_side_stream, summary, time_cpu, time_cuda
+from .timing import copy_bandwidth, cpu_times, graph_of, log, new_side_stream, summary, time_cpu, time_cuda
 
 __all__ = [
-    "COLUMNS", "CPU_IMPLS", "CUDA_IMPLS", "FULL_SHAPES", "IMPLS", "Impl", "META_COLUMNS", "PASS_BYTES",
-    "QUICK_SHAPES", "available_impls", "copy_bandwidth", "environment", "fast", "finish", "graph_of", "log",
-    "measure", "new_side_stream", "numpy_case", "numpy_impl", "rel_err", "run", "staged", "summary",
-    "sweep_triton", "table", "time_cpu", "time_cuda", "to_numpy", "torch_case", "torch_impl", "variants",
-    "write_csv", "write_json",
+    "COLUMNS", "CPU_IMPLS", "CUDA_IMPLS", "FULL_SHAPES", "IMPLS", "Impl", "META_COLUMNS", "NUMPY_ONLY", "PASS_BYTES",
+    "QUICK_SHAPES", "TORCH_IMPORTED", "available_impls", "copy_bandwidth", "cpu_times", "environment", "fast",
+    "fast_vs_staged", "finish", "graph_of", "log", "measure", "measure_in_fresh_process", "new_side_stream",
+    "numpy_case", "numpy_impl", "rel_err", "run", "staged", "summary", "sweep_triton", "table", "time_cpu",
+    "time_cuda", "to_numpy", "torch_case", "torch_impl", "variants", "write_csv", "write_json",
 ]

@@ -25,9 +25,10 @@ class Impl(NamedTuple):
 
 # ------------------------------------------------------------------ inputs
 
-def numpy_case(layout: str, shape: Tuple[int, ...], seed: int = 0):
-    """(x, gamma, beta, dout, axis) as float32 numpy arrays; 'nhwc' is the
-    logical NCHW `shape` stored (N, H, W, C), channel axis -1."""
+def numpy_case(layout: str, shape: Tuple[int, ...], seed: int = 0, dtype: str = "float32"):
+    """(x, gamma, beta, dout, axis) as numpy arrays of `dtype`; 'nhwc' is the
+    logical NCHW `shape` stored (N, H, W, C), channel axis -1. The numbers are
+    drawn in float32 whatever the dtype, so every dtype holds the same values."""
     rng = np.random.default_rng(seed)
     if layout == "nhwc":
         n, c, h, w = shape
@@ -39,6 +40,8 @@ def numpy_case(layout: str, shape: Tuple[int, ...], seed: int = 0):
     gamma = rng.standard_normal(C, dtype=np.float32)
     beta = rng.standard_normal(C, dtype=np.float32)
     dout = rng.standard_normal(shape, dtype=np.float32)
+    if dtype != "float32":
+        x, gamma, beta, dout = (a.astype(dtype) for a in (x, gamma, beta, dout))
     return x, gamma, beta, dout, axis
 
 
@@ -57,10 +60,12 @@ def torch_case(layout: str, shape: Tuple[int, ...], dtype, device: str, seed: in
         return t.to(device=device, dtype=dtype)
 
     x, dout = tensor(x), tensor(dout)
-    # parameters and running statistics stay float32 (mixed precision's convention)
-    w, b = torch.from_numpy(gamma).to(device), torch.from_numpy(beta).to(device)
+    # parameters and running statistics stay float32 under float16/bfloat16
+    # (mixed precision's convention); float64 runs keep them in float64
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    w, b = (torch.from_numpy(a).to(device=device, dtype=pdtype) for a in (gamma, beta))
     C = w.numel()
-    rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+    rm, rv = torch.zeros(C, device=device, dtype=pdtype), torch.ones(C, device=device, dtype=pdtype)
     return x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), rm, rv, dout
 
 

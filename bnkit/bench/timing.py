@@ -17,17 +17,40 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def time_cpu(fn: Callable, repeat: int, warmup: int = 1, min_time: float = 0.0) -> List[float]:
+def time_cpu(fn: Callable, repeat: int, warmup: int = 1, min_time: float = 0.0,
+             clock: Callable[[], float] = time.perf_counter) -> List[float]:
     """Run fn warmup times, then at least `repeat` times (and at least
-    min_time seconds); return the list of times in ms."""
+    min_time seconds of wall time); return the list of times in ms, read
+    from `clock` (wall time by default; the benchmark's CPU rows pass
+    `time.process_time`, see `cpu_times`)."""
     for _ in range(warmup):
         fn()
     times, start = [], time.perf_counter()
     while len(times) < repeat or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((clock() - t0) * 1e3)
     return times
+
+
+def cpu_times(fn: Callable, repeat: int, min_time: float) -> Dict[str, List[float]]:
+    """The CPU implementations' timer: {'cpu': ms of this process's CPU time
+    per call, 'wall': ms of wall time per call}, from the same calls.
+
+    Every CPU implementation runs on one thread (numpy's ufuncs, torch set to
+    one thread), so on an idle machine the two agree; on a shared one the
+    wall time also counts the time the process waited for a core, which has
+    nothing to do with the code. The benchmark reports the CPU time as
+    median_ms and keeps the wall time beside it (wall_median_ms)."""
+    fn()
+    out = {"cpu": [], "wall": []}
+    start = time.perf_counter()
+    while len(out["cpu"]) < repeat or time.perf_counter() - start < min_time:
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        out["cpu"].append((time.process_time() - c0) * 1e3)
+        out["wall"].append((time.perf_counter() - w0) * 1e3)
+    return out
 
 
 def time_cuda(fn: Callable, quick: bool = False) -> List[float]:

@@ -6,6 +6,15 @@
   the same as a notebook (``_sources/<page>.ipynb``, where sphinx-book-theme's
   download button points; written by jupytext at the end of the build); and
   the student version of each assignment.
+- ``{bnkit-downloads} chapters|assignments|package`` writes one of the
+  tables; without an argument, the chapters and the assignments.
+- ``{bnkit-install}`` writes the one command that installs what a student
+  needs (the project's wheel, offered by this book, with its ``student``
+  extra) from the published book, no clone needed.
+- At the end of an HTML build, the project's wheel (bnkit and bngrade only,
+  built from a scratch copy holding nothing else: never the assignments'
+  sources) lands in ``downloads/<wheel>``; the build fails if it holds
+  anything but those packages and their metadata.
 - At the end of an HTML build, the student versions are made by
   ``nbgrader generate_assignment`` in a scratch copy of assignments/ (the
   course directory is never written to) and land in
@@ -30,6 +39,11 @@ from sphinx.util.osutil import relative_uri
 
 LOGGER = logging.getLogger(__name__)
 DOWNLOADS = "downloads/assignments"
+WHEEL_DIR = "downloads"
+# What goes into the scratch copy the wheel is built from: the packages and
+# the metadata pyproject.toml names (readme, license), nothing else.
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "bnkit", "bngrade")
+WHEEL_PACKAGES = ("bnkit", "bngrade")
 # nbgrader's markers: none may survive into a student's notebook.
 LEAK_MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 # What a scratch copy of the course leaves out: nbgrader's own outputs.
@@ -61,15 +75,60 @@ def assignment_notebooks(source):
             for d in sorted(source.iterdir()) if d.is_dir() and any(d.glob("*.ipynb"))}
 
 
+def project_version(root):
+    """The version pyproject.toml declares (the one place it is written)."""
+    import tomllib
+
+    return tomllib.loads((Path(root) / "pyproject.toml").read_text())["project"]["version"]
+
+
+def wheel_name(root):
+    return f"bnkit-{project_version(root)}-py3-none-any.whl"
+
+
+def site_url(root):
+    """The published book's address, from _config.yml's repository.url (its
+    one source): GitHub Pages serves github.com/<owner>/<repo> at
+    https://<owner>.github.io/<repo>/."""
+    url = yaml.safe_load((Path(root) / "_config.yml").read_text())["repository"]["url"]
+    owner, repo = url.rstrip("/").split("/")[-2:]
+    return f"https://{owner}.github.io/{repo}/"
+
+
+def install_command(root):
+    """The one command that installs what the released notebooks need, from
+    the published book's copy of the wheel."""
+    return f'pip install "bnkit[student] @ {site_url(root)}{WHEEL_DIR}/{wheel_name(root)}"'
+
+
 class downloads_table(nodes.General, nodes.Element):
     """Placeholder, filled in once every page has been read (titles known)."""
 
 
+TABLES = ("chapters", "assignments", "package")
+
+
 class DownloadsDirective(SphinxDirective):
+    has_content = False
+    optional_arguments = 1
+
+    def run(self):
+        which = self.arguments[0] if self.arguments else "chapters assignments"
+        unknown = set(which.split()) - set(TABLES)
+        if unknown:
+            raise self.error(f"bnkit-downloads: unknown table {sorted(unknown)}; known: {', '.join(TABLES)}")
+        return [downloads_table(tables=which.split())]
+
+
+class InstallDirective(SphinxDirective):
+    """The student install command, as a copyable shell block."""
     has_content = False
 
     def run(self):
-        return [downloads_table()]
+        command = install_command(self.env.app.confdir)
+        block = nodes.literal_block(command, command)
+        block["language"] = "bash"
+        return [block]
 
 
 def course_dir(app):
@@ -103,16 +162,27 @@ def fill_downloads_tables(app, doctree, docname):
         + ", ".join(link(f"{DOWNLOADS}/{a}/{nb}", nb) for nb in notebooks) + "</td></tr>"
         for a, notebooks in assignment_notebooks(course_dir(app) / "source").items())
 
+    wheel = wheel_name(app.confdir)
+    package = (f"<tr><td>bnkit {escape(project_version(app.confdir))}: <code>bnkit</code> and "
+               f"<code>bngrade</code>, what the student notebooks import</td><td>"
+               f"{link(f'{WHEEL_DIR}/{wheel}', wheel)}</td></tr>")
+
     # the theme's scrolling box, as around every other table of the book
-    html = ('<div class="pst-scrollable-table-container">'
-            '<table class="table bnkit-downloads" id="chapter-downloads"><thead><tr><th>Chapter</th>'
-            '<th>Source (.md) and notebook (.ipynb)</th></tr></thead><tbody>'
-            f'{chapters}</tbody></table></div>\n'
-            '<div class="pst-scrollable-table-container">'
-            '<table class="table bnkit-downloads" id="assignment-downloads"><thead><tr><th>Assignment</th>'
-            f'<th>Student notebook</th></tr></thead><tbody>{assignments}</tbody></table></div>')
+    html = {
+        "chapters": ('<div class="pst-scrollable-table-container">'
+                     '<table class="table bnkit-downloads" id="chapter-downloads"><thead><tr><th>Chapter</th>'
+                     '<th>Source (.md) and notebook (.ipynb)</th></tr></thead><tbody>'
+                     f'{chapters}</tbody></table></div>'),
+        "assignments": ('<div class="pst-scrollable-table-container">'
+                        '<table class="table bnkit-downloads" id="assignment-downloads"><thead><tr>'
+                        '<th>Assignment</th><th>Student notebook</th></tr></thead><tbody>'
+                        f'{assignments}</tbody></table></div>'),
+        "package": ('<div class="pst-scrollable-table-container">'
+                    '<table class="table bnkit-downloads" id="package-download"><thead><tr><th>Package</th>'
+                    f'<th>Wheel</th></tr></thead><tbody>{package}</tbody></table></div>'),
+    }
     for node in list(doctree.findall(downloads_table)):
-        node.replace_self(nodes.raw("", html, format="html"))
+        node.replace_self(nodes.raw("", "\n".join(html[t] for t in node["tables"]), format="html"))
 
 
 def release_assignments(course, dest):
@@ -163,6 +233,48 @@ def write_chapter_notebooks(app, exception):
         nbformat.write(notebook, target)
 
 
+def build_wheel(root, dest):
+    """The project's wheel, built offline from a scratch copy of
+    WHEEL_SOURCES (so nothing else of the repository can get in), into
+    dest; returns its path. Raises ExtensionError if pip fails or the wheel
+    holds anything but bnkit, bngrade and their metadata."""
+    import zipfile
+
+    root, dest = Path(root), Path(dest)
+    with tempfile.TemporaryDirectory(prefix="bnkit-wheel-") as scratch:
+        copy = Path(scratch) / "src"
+        for name in WHEEL_SOURCES:
+            src = root / name
+            if src.is_dir():
+                shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                copy.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, copy / name)
+        out = Path(scratch) / "dist"
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                               "--no-index", "-q", "-w", str(out), str(copy)],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        wheels = list(out.glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            raise ExtensionError(f"building the bnkit wheel failed (exit code {proc.returncode}):\n"
+                                 f"{(proc.stdout + proc.stderr)[-3000:]}")
+        allowed = WHEEL_PACKAGES + (f"bnkit-{project_version(root)}.dist-info",)
+        strays = [n for n in zipfile.ZipFile(wheels[0]).namelist() if n.split("/")[0] not in allowed]
+        if strays:
+            raise ExtensionError(f"the bnkit wheel holds more than {allowed}: {strays[:5]}")
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / wheel_name(root)
+        shutil.copy2(wheels[0], target)
+    return target
+
+
+def write_wheel(app, exception):
+    if exception is not None or app.builder.name not in ("html", "dirhtml"):
+        return
+    LOGGER.info("[bnkit_book] the project's wheel for the Downloads page")
+    build_wheel(app.confdir, Path(app.outdir) / WHEEL_DIR)
+
+
 def write_student_notebooks(app, exception):
     if exception is not None or app.builder.name not in ("html", "dirhtml"):
         return
@@ -189,7 +301,9 @@ def setup(app):
     app.connect("builder-inited", share_html_visitors)
     app.add_node(downloads_table)
     app.add_directive("bnkit-downloads", DownloadsDirective)
+    app.add_directive("bnkit-install", InstallDirective)
     app.connect("doctree-resolved", fill_downloads_tables)
     app.connect("build-finished", write_chapter_notebooks)
     app.connect("build-finished", write_student_notebooks)
+    app.connect("build-finished", write_wheel)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
