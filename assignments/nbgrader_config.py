@@ -15,6 +15,7 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPrep
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades,
                                     IgnorePattern, LimitOutput, SaveAutoGrades)
 
+from bngrade.feedback import MarkNotGradedYet
 from bngrade.preprocessors import ScoreOutsideKernel, ScrubHiddenTestsFromOutputs
 from bngrade.sandbox import SandboxedExecute
 
@@ -41,8 +42,23 @@ c.Autograde.autograde_preprocessors = [
 
 # Feedback: the autograded notebooks hold the hidden tests; take them out of
 # the outputs and of the source before rendering (nbgrader's default keeps them).
-c.GenerateFeedback.preprocessors = [GetGrades, ScrubHiddenTestsFromOutputs, ClearHiddenTests,
+# Written answers a person has not graded yet say so (not "0.0 / 2").
+c.GenerateFeedback.preprocessors = [GetGrades, MarkNotGradedYet, ScrubHiddenTestsFromOutputs, ClearHiddenTests,
                                     CSSHTMLHeaderPreprocessor]
+
+# --- student HTML ---
+# (owner: CHANNELS; bngrade/safe_html.py, bngrade/feedback.py)
+# Whatever a student wrote is inert wherever a person reads it. nbgrader's
+# feedback and the formgrader's submission page both render with nbconvert's
+# HTMLExporter and this config: every markdown string and every HTML, markdown
+# or SVG output goes through nh3 (no script, handler, iframe, form, external
+# load); JavaScript and widget outputs are dropped. Feedback pages are one
+# self-contained file: local MathJax inlined, and a Content-Security-Policy
+# that allows no other script and no network load.
+c.HTMLExporter.sanitize_html = True
+c.HTMLExporter.filters = {"markdown2html": "bngrade.safe_html.markdown2html",
+                          "clean_html": "bngrade.safe_html.clean_html"}
+c.GenerateFeedback.exporter_class = "bngrade.feedback.SafeFeedbackExporter"
 
 # --- sandbox ---
 # (owner: SANDBOX; bngrade/sandbox.py)

@@ -28,6 +28,7 @@ Rules, stated once (the notebooks' intros and assignments/README.md repeat them)
 """
 import base64
 import binascii
+import builtins
 import json
 import textwrap
 from dataclasses import dataclass, field
@@ -267,9 +268,8 @@ def _wrap(first, rest=()):
 
 # Exception types whose name the feedback may show for a hidden case: a class the student wrote
 # could be named after what it carries.
-_KNOWN_ERRORS = frozenset({n for n, v in vars(__builtins__ if isinstance(__builtins__, dict) else
-                                               __import__("builtins")).items()
-                           if isinstance(v, type) and issubclass(v, BaseException)} | {"LinAlgError", "AxisError"})
+_KNOWN_ERRORS = frozenset({n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+                          | {"LinAlgError", "AxisError"})
 
 
 def _error_lines(error, hidden=False):
