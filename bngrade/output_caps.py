@@ -136,7 +136,7 @@ class OutputCaps(NotebookClient):
     max_json_containers = Integer(100_000, help="a JSON frame with more objects and arrays is not read").tag(
         config=True)
     max_grader_growth_mb = Integer(
-        512, help="the kernel is stopped when the grader's RSS grows this much above its start (0: no watchdog)").tag(
+        384, help="the kernel is stopped when the grader's RSS grows this much above its start (0: no watchdog)").tag(
         config=True)
     store_widget_state = Bool(False).tag(config=True)
 

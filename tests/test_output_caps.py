@@ -23,6 +23,7 @@ MiB = 1 << 20
 def _caps(**traits):
     caps = OutputCaps(new_notebook(cells=[new_code_cell("x")]), **traits)
     caps.reset_execution_trackers()
+    caps.clear_before_next_output = False  # (async_execute_cell sets it per cell)
     session = Session(key=b"secret")
     caps._bound_session(session)
     return caps, session
