@@ -127,7 +127,7 @@ class OutputCaps(NotebookClient):
         3 * MiB // 2, help="output kept in the whole notebook; the rest dropped").tag(config=True)
     flood_bytes_per_cell = Integer(16 * MiB, help="bytes sent during a cell past which it is interrupted").tag(
         config=True)
-    kill_bytes_per_cell = Integer(64 * MiB, help="bytes sent during a cell past which the kernel is stopped").tag(
+    kill_bytes_per_cell = Integer(256 * MiB, help="bytes sent during a cell past which the kernel is stopped").tag(
         config=True)
     max_frame_bytes = Integer(8 * MiB, help="a message whose content (or buffers) is larger is not read").tag(
         config=True)
