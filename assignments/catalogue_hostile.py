@@ -627,3 +627,83 @@ def layernorm_backward(dout, cache):
 SKILL[2].cells = {"layernorm": LAYERNORM_DIFFERENCES}
 SKILL[2].edits = {}
 HOSTILE += SKILL
+# --- channels (issue 14) ---
+# Kernel messages, HTML and hidden cases (bngrade/output_caps.py, bngrade/safe_html.py, bngrade/verdict.py).
+# tests/test_assignments.py also checks, for every student of the run, that the autograded notebook is at
+# most 2 MiB above the released one and that no feedback page holds a student's script or event handler.
+_SEND = '''
+k = get_ipython().kernel
+def send(msg_type, content, buffers=None):
+    k.session.send(k.iopub_socket, msg_type, content, parent=k.get_parent(), buffers=buffers)
+'''
+HOSTILE += [
+    V("hostile_hidden_cases_in_errors", "raises, on hidden cases only, an exception of its own class named after "
+      "the seed whose message holds the whole case list read from the caller (and warns it, and returns an "
+      "object whose class name holds it): the hidden lines say only 'failed' and a category, the visible cases "
+      "pass", ALL_FORWARD, expect={"test_train_output": 0.75, "test_running_stats": 0.5, "test_eval": 0.5},
+      feedback={"test_train_output": ["(hidden)", "failed: your code raised"],
+                "test_running_stats": ["not an array of floats"]},
+      edits={FWD: [('    mode = bn_param.get("mode", "train")\n', '''    import sys as _s, warnings as _w
+    _f = _s._getframe(1)
+    while _f is not None and "seed" not in _f.f_locals:
+        _f = _f.f_back
+    if _f is not None and _f.f_locals["seed"] not in (0, 1, 2):
+        _g = _f
+        while _g is not None and "cases" not in _g.f_locals:
+            _g = _g.f_back
+        _leak = "hidden cases " + repr(_g.f_locals["cases"] if _g else None)
+        _w.warn(_leak)
+        if _f.f_locals["check"].startswith("running"):
+            return type("Leak_" + _leak.replace(" ", "_")[:80], (), {})(), None
+        raise type("Seed_%s" % _f.f_locals["seed"], (ValueError,), {})(_leak)
+    mode = bn_param.get("mode", "train")
+''')]}),
+    V("hostile_message_floods", "after the tests, with the interrupt caught: a display update copied into 150 "
+      "outputs, display metadata, raw error messages, comm/widget state with buffers and string execution "
+      "counts, each MiBs: all counted and dropped, the notebook stays small, full marks",
+      append=_SEND + '''
+from IPython.display import display, update_display
+try:
+    for i in range(150):
+        display({"text/plain": "x"}, raw=True, display_id="d")
+    for i in range(5):
+        update_display({"text/plain": "y" * 200_000}, raw=True, display_id="d")
+    for i in range(5):
+        display({"text/plain": "m"}, raw=True, metadata={"a": "z" * 2_000_000})
+    for i in range(3):
+        send("error", {"ename": "E" * 100_000, "evalue": "v" * 2_000_000, "traceback": ["t" * 1000] * 100})
+    for i in range(5):
+        send("comm_open", {"comm_id": str(i), "target_name": "jupyter.widget", "data": {"state": {
+            "_model_name": "OutputModel", "_model_module": "@jupyter-widgets/output", "v": "w" * 2_000_000},
+            "buffer_paths": [["b"]]}}, buffers=[b"b" * 2_000_000])
+    for i in range(3):
+        send("execute_result", {"data": {"text/plain": "1"}, "metadata": {}, "execution_count": "c" * 2_000_000})
+except KeyboardInterrupt:
+    print("hostile: interrupted, going on")
+'''),
+    V("hostile_grader_memory", "after the tests: three display messages of forty 30 MiB buffers each (1.2 GB "
+      "queued in the grader's zmq): the grader's memory watchdog stops the kernel, full marks",
+      append=_SEND + '''
+_b = b"x" * (30 << 20)
+for _i in range(3):
+    send("display_data", {"data": {"text/plain": "b"}, "metadata": {}}, buffers=[_b] * 40)
+'''),
+    V("hostile_html_payloads", "a written answer and outputs holding script in every shape (img onerror, svg "
+      "onload, javascript: links, iframe srcdoc, <script>, a form, an external image, raw text/html, SVG and "
+      "JavaScript outputs): sanitised away in the feedback and the formgrader (tests/test_inert_html.py loads "
+      "them in Chromium), full marks",
+      cells={"train_eval_answer": '''Batch statistics at test time would make $\\hat{x}$ depend on the batch.
+<img src="x" onerror="document.title='PWNED'"> <svg onload="document.title='PWNED'"></svg>
+<a href="javascript:document.title='PWNED'">link</a> [md](javascript:document.title='PWNED')
+<iframe srcdoc="<script>parent.document.title='PWNED'</script>"></iframe>
+<script>document.title='PWNED'</script><form action="http://127.0.0.1:9/"><button>go</button></form>
+<img src="http://127.0.0.1:9/pixel.png">
+'''},
+      append='''
+from IPython.display import display, HTML
+display(HTML('<img src="x" onerror="document.title=\\'PWNED\\'">'))
+display({"text/html": "<script>document.title='PWNED'</script>"}, raw=True)
+display({"image/svg+xml": '<svg xmlns="http://www.w3.org/2000/svg" onload="document.title=1"><script>1</script></svg>'}, raw=True)
+display({"application/javascript": "document.title='PWNED'"}, raw=True)
+'''),
+]

@@ -15,6 +15,7 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPrep
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades,
                                     IgnorePattern, LimitOutput, SaveAutoGrades)
 
+from bngrade.feedback import MarkNotGradedYet
 from bngrade.preprocessors import ScoreOutsideKernel, ScrubHiddenTestsFromOutputs
 from bngrade.sandbox import SandboxedExecute
 
@@ -28,8 +29,8 @@ c.CourseDirectory.root = "."
 c.ExecutePreprocessor.timeout = 60
 c.Execute.timeout = 60
 
-# A deleted or retyped test cell comes back from the source (by grade id and checksum).
-c.OverwriteCells.add_missing_cells = True
+# An edited test cell comes back from the source (by grade id and checksum); a deleted one is put
+# back by RestoreMissingCells (the "integrity" block below).
 
 # The score of every test cell is decided after execution, outside the kernel,
 # and before SaveAutoGrades reads it (from the cell's outputs: ScoreOutsideKernel
@@ -41,8 +42,23 @@ c.Autograde.autograde_preprocessors = [
 
 # Feedback: the autograded notebooks hold the hidden tests; take them out of
 # the outputs and of the source before rendering (nbgrader's default keeps them).
-c.GenerateFeedback.preprocessors = [GetGrades, ScrubHiddenTestsFromOutputs, ClearHiddenTests,
+# Written answers a person has not graded yet say so (not "0.0 / 2").
+c.GenerateFeedback.preprocessors = [GetGrades, MarkNotGradedYet, ScrubHiddenTestsFromOutputs, ClearHiddenTests,
                                     CSSHTMLHeaderPreprocessor]
+
+# --- student HTML ---
+# (owner: CHANNELS; bngrade/safe_html.py, bngrade/feedback.py)
+# Whatever a student wrote is inert wherever a person reads it. nbgrader's
+# feedback and the formgrader's submission page both render with nbconvert's
+# HTMLExporter and this config: every markdown string and every HTML, markdown
+# or SVG output goes through nh3 (no script, handler, iframe, form, external
+# load); JavaScript and widget outputs are dropped. Feedback pages are one
+# self-contained file: local MathJax inlined, and a Content-Security-Policy
+# that allows no other script and no network load.
+c.HTMLExporter.sanitize_html = True
+c.HTMLExporter.filters = {"markdown2html": "bngrade.safe_html.markdown2html",
+                          "clean_html": "bngrade.safe_html.clean_html"}
+c.GenerateFeedback.exporter_class = "bngrade.feedback.SafeFeedbackExporter"
 
 # --- sandbox ---
 # (owner: SANDBOX; bngrade/sandbox*.py; what the kernel sees and may do: bngrade/sandbox_policy.py)

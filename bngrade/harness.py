@@ -76,7 +76,18 @@ def _own_frames(tb):
 
 
 def _error(e):
-    return {"type": type(e).__name__, "message": str(e)[:300], "where": _own_frames(e.__traceback__)}
+    """The record of an exception the student's code raised. The grader shows the message and frames
+    for visible cases only (bngrade.verdict._error_lines); here it is only made safe to record: a
+    __str__ that raises, or returns something huge, does not stop the test cell."""
+    try:
+        message = str(e)[:300]
+    except Exception:  # a broken __str__ is the student's own: record that it broke
+        message = "(the exception's message could not be read)"
+    try:
+        where = _own_frames(e.__traceback__)
+    except Exception:
+        where = []
+    return {"type": type(e).__name__[:100], "message": message, "where": where}
 
 
 def _run_one(check, seed, funcs):

@@ -50,7 +50,12 @@ def _first_error(cells):
 
 def _kernel_context(cell, execution, earlier=None):
     """One line on why results may be missing: the kernel's own error in the cell, a timeout,
-    the first error of the student's own cells (e.g. an import of bnkit's reference, not there when graded)."""
+    the first error of the student's own cells (e.g. an import of bnkit's reference, not there when graded).
+
+    `earlier` is the first error of a student's cell that ran before any test cell (its message is shown).
+    An error in a test cell, or in a cell after one, ran once the hidden cases had been read: only its
+    type is shown, and only if it is a built-in or numpy one (see verdict._error_lines).
+    """
     parts = []
     if earlier:
         parts.append(f"one of your cells stopped with {earlier[0]}: {earlier[1]}")
@@ -62,8 +67,20 @@ def _kernel_context(cell, execution, earlier=None):
         parts.append("the kernel died")
     own = _first_error([cell])
     if own:
-        parts.append(f"the test cell stopped with {own[0]}: {own[1]}")
+        kind = own[0] if own[0] in verdict._KNOWN_ERRORS else "an exception of your own"
+        parts.append(f"the test cell stopped with {kind}")
     return ("Why results are missing: " + "; ".join(parts) + ".") if parts else None
+
+
+def _cells_before_tests(nb):
+    """The student's code cells before the first test cell (nothing hidden has run yet there)."""
+    before = []
+    for cell in nb.cells:
+        if _is_test_cell(cell):
+            break
+        if cell.cell_type == "code":
+            before.append(cell)
+    return before
 
 
 class ScoreOutsideKernel(NbGraderPreprocessor):
@@ -93,7 +110,7 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
                            "SandboxedExecute?): every run_cases test scores zero")
             results = {}
         trusted = self._trusted_sources(resources)
-        earlier = _first_error(c for c in nb.cells if c.cell_type == "code" and not _is_test_cell(c))
+        earlier = _first_error(_cells_before_tests(nb))
         for cell in nb.cells:
             if not _is_test_cell(cell):
                 continue

@@ -72,6 +72,7 @@ from nbgrader.preprocessors import Execute
 from traitlets import Bool, DottedObjectName, Float, Integer, List, Type, Unicode
 
 from bngrade import sandbox_policy as policy
+from bngrade.output_caps import OutputCaps
 from bngrade.sandbox_bwrap import kernel_site_binds, sandbox_argv  # noqa: F401 (kernel_site_binds: re-exported)
 from bngrade.sandbox_cgroup import Cgroup, CgroupUnavailable, sweep_stale
 from bngrade.sandbox_files import (copy_given_files, private_tmpfs, read_results,  # noqa: F401 (re-exported)
@@ -164,7 +165,7 @@ def _schedstat(pid):
     return run, wait
 
 
-class SandboxedExecute(Execute):
+class SandboxedExecute(OutputCaps, Execute):
     """nbgrader's Execute, with every kernel in a fresh bubblewrap sandbox (module docstring)."""
 
     bwrap_path = Unicode("/usr/bin/bwrap", help="bubblewrap's executable").tag(config=True)
@@ -735,39 +736,3 @@ class SandboxedExecute(Execute):
         self._cell_bytes, self._cell_dropped, self._flood_stopped = 0, 0, False
         return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
 
-    def output(self, outs, msg, display_id, cell_index):
-        if self._cell_dropped:  # already past the cap: count and drop, as cheaply as possible
-            self._cell_dropped += _size(msg.get("content", {}))
-            self._maybe_stop_flood(outs)
-            return None
-        size = _size(msg.get("content", {}))
-        if self._cell_bytes + size <= self.max_output_bytes_per_cell:
-            self._cell_bytes += size
-            return super().output(outs, msg, display_id, cell_index)
-        left = self.max_output_bytes_per_cell - self._cell_bytes
-        content = msg.get("content", {})
-        if msg.get("msg_type") == "stream" and left > 0 and isinstance(content.get("text"), str):
-            msg = {**msg, "content": {**content, "text": content["text"][:left]}}  # keep the first part
-            super().output(outs, msg, display_id, cell_index)
-        outs.append(new_output("stream", name="stdout", text=(
-            f"\n[bngrade: output past {self.max_output_bytes_per_cell // 1024} KiB in this cell was dropped]\n")))
-        self._cell_dropped = size
-        self._maybe_stop_flood(outs)
-        return None
-
-    def _maybe_stop_flood(self, outs):
-        if self._cell_dropped > self.flood_bytes_per_cell and not self._flood_stopped:
-            self._flood_stopped = True
-            outs.append(new_output("stream", name="stdout", text=(
-                f"[bngrade: more than {self.flood_bytes_per_cell // MiB} MiB of output: the cell was interrupted]\n")))
-            asyncio.ensure_future(ensure_async(self.km.interrupt_kernel()))
-
-
-def _size(content):
-    """Roughly the bytes an output message adds to the notebook (strings only: cheap)."""
-    size = len(content.get("text", "") or "")
-    for value in (content.get("data") or {}).values():
-        size += len(value) if isinstance(value, (str, bytes)) else len(str(value))
-    for line in content.get("traceback") or ():
-        size += len(line)
-    return size + 64

@@ -28,6 +28,7 @@ Rules, stated once (the notebooks' intros and assignments/README.md repeat them)
 """
 import base64
 import binascii
+import builtins
 import json
 import textwrap
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ def parse_results(data, grade_id):
     if not isinstance(payload, dict) or payload.get("format") != "bngrade-results/1":
         raise ValueError("the results file is not in bngrade's format")
     if payload.get("grade_id") != grade_id:
-        raise ValueError(f"the results file belongs to {_clean(payload.get('grade_id'), 40)!r}, not {grade_id!r}")
+        raise ValueError(f"the results file belongs to another test cell, not {grade_id!r}")
     records = {}
     if not isinstance(payload.get("cases"), list):
         raise ValueError("the results file has no list of cases")
@@ -265,9 +266,28 @@ def _wrap(first, rest=()):
     return lines
 
 
-def _error_lines(error):
+# Exception types whose name the feedback may show for a hidden case: a class the student wrote
+# could be named after what it carries.
+_KNOWN_ERRORS = frozenset({n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+                          | {"LinAlgError", "AxisError",  # numpy's; then the names the grader's run gives errors
+                             "CellTimeoutError", "NotRun", "DroppedReply", "MalformedReply", "DeadKernelError"})
+
+
+def _error_lines(error, hidden=False):
+    """(what the student's code raised, its frames) for a case's line.
+
+    A visible case shows the exception, its message and the student's own
+    frames. A hidden case shows only the exception's type (a built-in or
+    numpy one; any other class is named 'an exception of your own'): the
+    message, the repr of values and the frames are the student's own strings,
+    computed while the hidden case ran, and could carry it.
+    """
     if not isinstance(error, dict):
         return "your code raised an error", []
+    if hidden:
+        kind = error.get("type")
+        kind = kind if isinstance(kind, str) and kind in _KNOWN_ERRORS else "an exception of your own"
+        return f"failed: your code raised {kind} (messages are not shown for hidden cases)", []
     kind, message = _clean(error.get("type"), 40), _clean(error.get("message"), 200)
     what = f"your code raised {kind}" + (f": {message}" if message else "")
     if kind == "NotImplementedError":
@@ -276,14 +296,31 @@ def _error_lines(error):
     return what, [_clean(w, 140) for w in where[-4:]]
 
 
-def _case_lines(check, seed, rec, tag, test_mode_works=False):
-    """(passed, lines, hints) for one case; the hints are not yet in the lines."""
+def _hidden_why(why):
+    """What went wrong with an output of a hidden case, as a category (no value the student's code chose)."""
+    if why == "not returned":
+        return "not returned"
+    if why.startswith("relative error") or why == "contains NaN or Inf":
+        return "wrong values"
+    if why.startswith("got dtype") or why.startswith("not an ndarray"):
+        return "not an array of floats"
+    if "shape" in why:
+        return "wrong shape"
+    return "not a valid result"
+
+
+def _case_lines(check, seed, rec, tag, test_mode_works=False, hidden=False):
+    """(passed, lines, hints) for one case; the hints are not yet in the lines.
+
+    For a hidden case the line holds only the case's mode and shapes, PASS or
+    FAIL and a category: nothing the student's code wrote (see _error_lines).
+    """
     inp = inputs(check, seed)
     what = tag + CHECKS[check].describe(inp)
     if rec is None:
         return False, _wrap(f"FAIL  {what}: no result (the test cell did not get to this case)"), []
     if rec.get("error") is not None:
-        message, where = _error_lines(rec["error"])
+        message, where = _error_lines(rec["error"], hidden)
         hints = _hints(check, inp, rec, [], test_mode_works)
         if isinstance(rec["error"], dict) and rec["error"].get("type") in ("ImportError", "ModuleNotFoundError") \
                 and any(m in str(rec["error"].get("message")) for m in ("bnkit", "torch")):
@@ -295,9 +332,13 @@ def _case_lines(check, seed, rec, tag, test_mode_works=False):
         return True, _wrap(f"PASS  {what}"), []
     name, why, _ = problems[0]
     more = f" ({len(problems) - 1} more outputs differ)" if len(problems) > 1 else ""
+    hints = _hints(check, inp, rec, problems)
+    if hidden:
+        hints = [h for h in hints if not h.startswith(HINT_SHAPE.split("{")[0])]  # it quotes the student's shape
+        return False, _wrap(f"FAIL  {what}: failed: {name}: {_hidden_why(why)}{more}"), hints
     warned = rec.get("warnings") if isinstance(rec.get("warnings"), list) else []
     notes = [f"note: your code warned: {_clean(w, 160)}" for w in warned[:1]]
-    return False, _wrap(f"FAIL  {what}: {name}: {why}{more}", notes), _hints(check, inp, rec, problems)
+    return False, _wrap(f"FAIL  {what}: {name}: {why}{more}", notes), hints
 
 
 GATE_FAILED = ("the case at scale did not pass, and this test counts its other cases only when it does: a "
@@ -349,7 +390,8 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, c
         if reason:
             lines += _wrap(f"FAIL  {tag}{CHECKS[check].describe(inputs(check, seed))}")
             continue
-        ok, case_lines, hints = _case_lines(check, seed, records.get((check, seed)), tag, test_mode_works)
+        ok, case_lines, hints = _case_lines(check, seed, records.get((check, seed)), tag, test_mode_works,
+                                            hidden=bool(tag))
         passed += ok
         if CHECKS[check].gate and not ok:
             gates_failed.append(check)

@@ -375,3 +375,33 @@ def test_record_summary(graded):
     assert summary["issue8_cases"] >= 20
     for kind, k in kinds.items():
         assert k["as_specified"] == k["tried"], (kind, k)
+
+
+# ---------------------------------------------------------------- kernel messages and HTML (issue 14)
+MiB = 1 << 20
+SCRIPT = re.compile(r"<script>.*?</script>", re.S)
+STYLE = re.compile(r"<style[^>]*>.*?</style>", re.S)  # the page's own CSS (bootstrap names javascript: links)
+# in a tag (a student's code is shown escaped, as text: that is fine)
+ACTIVE = re.compile(r"<(script|iframe|object|embed|form)\b|<[^>]*\son[a-z]+\s*=|<[^>]*javascript:", re.I)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_autograded_notebook_is_at_most_2_mib_above_the_released_one(graded, assignment):
+    d = graded[assignment]["dir"]
+    released = (d / "release" / assignment / f"{assignment}.ipynb").stat().st_size
+    sizes = {p.parts[-3]: p.stat().st_size for p in d.glob(f"autograded/*/{assignment}/{assignment}.ipynb")}
+    assert sizes and max(sizes.values()) <= released + 2 * MiB, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_feedback_pages_hold_no_student_script_and_load_nothing(graded, assignment):
+    """Only the two inline scripts the CSP names (MathJax's config and MathJax); no handler, frame or form."""
+    pages = sorted(graded[assignment]["dir"].glob(f"feedback/*/{assignment}/{assignment}.html"))
+    assert pages
+    for page in pages:
+        html = page.read_text()
+        assert "Content-Security-Policy" in html and "<script src" not in html, page
+        assert len(SCRIPT.findall(html)) <= 2, page
+        rest = STYLE.sub("", SCRIPT.sub("", html))
+        found = ACTIVE.search(rest)
+        assert not found, (page, rest[max(0, found.start() - 200):found.end() + 200])

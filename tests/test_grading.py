@@ -204,7 +204,7 @@ def test_results_written_by_the_harness_score_full_marks(tmp_path, monkeypatch):
     (lambda p: b"{not json", "not valid JSON"),
     (lambda p: b" " * (verdict.MAX_RESULT_BYTES + 1), "too large"),
     (lambda p: dict(p, format="mine"), "not in bngrade's format"),
-    (lambda p: dict(p, grade_id="test_other"), "belongs to 'test_other'"),
+    (lambda p: dict(p, grade_id="test_other"), "belongs to another test cell"),
     (lambda p: dict(p, cases={"a": 1}), "no list of cases"),
 ])
 def test_missing_malformed_or_oversized_files_score_zero_with_a_reason(damage, why, tmp_path, monkeypatch):
