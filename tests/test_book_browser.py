@@ -134,22 +134,27 @@ HIDDEN_CONTENT = """() => {
   return problems;
 }"""
 
-# Every figure of the article: its width against the column's, whether a
-# box around it scrolls it, and whether it links to its own image file.
+# Every figure of the article: its width against the column's (the
+# viewport's for the theme's full-width and margin content), and whether it
+# links to its own image file.
 FIGURES = """() => {
   const article = document.querySelector('article.bd-article');
   if (!article) return [];
+  const vw = document.documentElement.clientWidth;
   const column = article.getBoundingClientRect();
   const style = getComputedStyle(article);
   const inner = column.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const WIDE = '.full-width, .tag_full-width, .margin, .sidebar';
   return [...article.querySelectorAll('img')].map(img => {
     const r = img.getBoundingClientRect();
     const link = img.closest('a');
     const file = img.getAttribute('src') || '';
+    const wide = !!img.closest(WIDE);
     return {
       src: file.split('/').pop(),
-      width: r.width, column: inner, left: r.left - column.left,
-      right: column.right - r.right,
+      width: r.width, column: wide ? vw : inner,
+      left: wide ? r.left : r.left - column.left,
+      right: wide ? vw - r.right : column.right - r.right,
       displayed: img.getClientRects().length > 0,
       linked: !!link && link.href === img.src,
     };
