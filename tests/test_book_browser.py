@@ -112,18 +112,23 @@ OVERFLOW = """() => {
 
 
 # Code and output boxes whose content does not fit them, measured with every
-# toggle (<details>) opened: a box hides content when what it holds is
-# wider or taller than the box itself (it scrolls or clips).
+# toggle (<details>) opened: a code cell, an output, a code block, or any
+# box inside them (a table's scroll container, say) hides content when it
+# scrolls or clips (overflow other than visible) and what it holds is wider
+# or taller than the box itself.
 HIDDEN_CONTENT = """() => {
   document.querySelectorAll('details').forEach(d => d.open = true);
   const article = document.querySelector('article.bd-article');
   if (!article) return [];
   const boxes = article.querySelectorAll(
-      '.cell_input, .cell_output, .cell_output .output, div.highlight, pre');
+      '.cell_input, .cell_input *, .cell_output, .cell_output *, div.highlight, pre');
   const problems = [];
   for (const e of boxes) {
     if (e.getClientRects().length === 0) continue;  // not displayed
-    const wide = e.scrollWidth - e.clientWidth, tall = e.scrollHeight - e.clientHeight;
+    if (e.closest('.math, mjx-container')) continue;  // MathJax's own boxes: equations
+    const style = getComputedStyle(e);
+    const wide = style.overflowX === 'visible' ? 0 : e.scrollWidth - e.clientWidth;
+    const tall = style.overflowY === 'visible' ? 0 : e.scrollHeight - e.clientHeight;
     if (wide > 1 || tall > 1) {
       const cls = typeof e.className === 'string' ? e.className.trim().split(/\\s+/)[0] : '';
       problems.push(`${e.tagName.toLowerCase()}${cls ? '.' + cls : ''} hides ` +
