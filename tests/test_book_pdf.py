@@ -80,7 +80,11 @@ def code_text():
     there, TeX is code (e.g. a matplotlib label), not math left untypeset."""
     from bs4 import BeautifulSoup
 
-    page = BeautifulSoup((_book.ROOT / "_build" / "singlehtml" / "index.html").read_text(), "html.parser")
+    sys.path.insert(0, str(_book.ROOT / "book" / "_ext"))
+    import book_pdf  # the page make pdf prints (index.html may only redirect to it)
+
+    printed = book_pdf.single_page(_book.ROOT / "_build" / "singlehtml")
+    page = BeautifulSoup(printed.read_text(), "html.parser")
     return "\n".join(pre.get_text() for pre in page.find_all("pre"))
 
 
