@@ -12,8 +12,13 @@ The book is served from a localhost http.server. For each page:
 At 1280 px (a laptop) and 390 px (a phone), every page is screenshotted to
 test-artifacts/screens/ and nothing may push the text column sideways: the
 page, the main containers and the article must not scroll horizontally, and
-no element may stick out of the column (wide equations, tables, code and
-outputs scroll inside their own box; book/_static/bnkit.css).
+no element may stick out of the column (wide equations and tables scroll
+inside their own box; book/_static/bnkit.css). Besides:
+- at 1280 px no code or output box hides any of its content (a scroll bar,
+  sideways or down, or clipping), with every toggled cell opened;
+- at both widths every figure fits the column (none scrolls inside its
+  box), and is a link to its own image file, which opens it full size on a
+  tap (book/_static/bnkit.js).
 
 Chromium is Debian's /usr/bin/chromium (`make test` installs it); Playwright
 never downloads a browser here.
@@ -104,6 +109,75 @@ OVERFLOW = """() => {
   }
   return {problems, width: vw, article: true};
 }"""
+
+
+# Code and output boxes whose content does not fit them, measured with every
+# toggle (<details>) opened: a code cell, an output, a code block, or any
+# box inside them (a table's scroll container, say) hides content when it
+# scrolls or clips (overflow other than visible) and what it holds is wider
+# or taller than the box itself.
+HIDDEN_CONTENT = """() => {
+  document.querySelectorAll('details').forEach(d => d.open = true);
+  const article = document.querySelector('article.bd-article');
+  if (!article) return [];
+  const boxes = article.querySelectorAll(
+      '.cell_input, .cell_input *, .cell_output, .cell_output *, div.highlight, pre');
+  const problems = [];
+  for (const e of boxes) {
+    if (e.getClientRects().length === 0) continue;  // not displayed
+    if (e.closest('.math, mjx-container')) continue;  // MathJax's own boxes: equations
+    const style = getComputedStyle(e);
+    const wide = style.overflowX === 'visible' ? 0 : e.scrollWidth - e.clientWidth;
+    const tall = style.overflowY === 'visible' ? 0 : e.scrollHeight - e.clientHeight;
+    if (wide > 1 || tall > 1) {
+      const cls = typeof e.className === 'string' ? e.className.trim().split(/\\s+/)[0] : '';
+      problems.push(`${e.tagName.toLowerCase()}${cls ? '.' + cls : ''} hides ` +
+                    (wide > 1 ? `${wide} px of width ` : '') + (tall > 1 ? `${tall} px of height ` : '') +
+                    JSON.stringify((e.textContent || '').trim().slice(0, 60)));
+    }
+  }
+  return problems;
+}"""
+
+# Every figure of the article: its width against the column's (the
+# viewport's for the theme's full-width and margin content), and whether it
+# links to its own image file.
+FIGURES = """() => {
+  const article = document.querySelector('article.bd-article');
+  if (!article) return [];
+  const vw = document.documentElement.clientWidth;
+  const column = article.getBoundingClientRect();
+  const style = getComputedStyle(article);
+  const inner = column.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const WIDE = '.full-width, .tag_full-width, .margin, .sidebar';
+  return [...article.querySelectorAll('img')].map(img => {
+    const r = img.getBoundingClientRect();
+    const link = img.closest('a');
+    const file = img.getAttribute('src') || '';
+    const wide = !!img.closest(WIDE);
+    return {
+      src: file.split('/').pop(),
+      width: r.width, column: wide ? vw : inner,
+      left: wide ? r.left : r.left - column.left,
+      right: wide ? vw - r.right : column.right - r.right,
+      displayed: img.getClientRects().length > 0,
+      linked: !!link && link.href === img.src,
+    };
+  });
+}"""
+
+
+def figure_problems(figures):
+    """Figures wider than the column, or not linked to their full size."""
+    problems = []
+    for f in figures:
+        if not f["displayed"]:
+            continue
+        if f["width"] > f["column"] + 1 or f["left"] < -1 or f["right"] < -1:
+            problems.append(f"figure {f['src']} is {f['width']:.0f} px wide in a column of {f['column']:.0f} px")
+        if not f["linked"]:
+            problems.append(f"figure {f['src']} does not open full size (no link to its file)")
+    return problems
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -243,9 +317,12 @@ def test_no_page_overflows_its_column_and_every_page_is_screenshotted(site, brow
             shot = out / f"{path.stem}.png"
             page.screenshot(path=str(shot), full_page=True)
             shots.append(shot)
+        problems = measured["problems"] + figure_problems(page.evaluate(FIGURES))
+        if device == "desktop":
+            problems += page.evaluate(HIDDEN_CONTENT)
         page.close()
-        if measured["problems"]:
-            report[rel] = measured["problems"]
+        if problems:
+            report[rel] = problems
     context.close()
 
     chapters = [f for f in _book.toc_files() if f.startswith("book/")]
@@ -253,5 +330,36 @@ def test_no_page_overflows_its_column_and_every_page_is_screenshotted(site, brow
         shot = out / f"{Path(chapter).name}.png"
         assert shot in shots and shot.stat().st_size > 10_000, f"no screenshot of {chapter} at {width} px"
     print(f"{len(shots)} screenshots at {width} px in {out}")
-    assert not report, f"horizontal overflow at {width} px (screenshots in {out}):\n" + "\n".join(
+    assert not report, (f"overflow, hidden content or figures that do not fit at {width} px "
+                        f"(screenshots in {out}):\n") + "\n".join(
         f"{page}:\n  " + "\n  ".join(p[:8]) for page, p in report.items())
+
+
+SYNTHETIC = """<!doctype html><html><head><style>
+  body { margin: 0; } article { width: 600px; padding: 0 20px; }
+  .scroll { overflow-x: auto; } .short { max-height: 40px; overflow-y: auto; }
+</style></head><body><article class="bd-article">
+  <div class="cell_output scroll"><pre>{long_line}</pre></div>
+  <div class="highlight short"><pre>1\n2\n3\n4\n5\n6\n7\n8</pre></div>
+  <div class="cell_output"><pre>fits</pre></div>
+  <div class="cell_output scroll"><img src="{wide}" width="900" height="20"></div>
+  <a href="{small}"><img src="{small}" width="100" height="20"></a>
+</article></body></html>"""
+
+
+def test_the_layout_checks_catch_hidden_content_and_wide_figures(browser):
+    """The checks above fail on what they are meant to catch: a code box and
+    an output box that hide content, a figure wider than the column, a
+    figure that opens nowhere; and pass a box and a figure that fit."""
+    pixel = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_content(SYNTHETIC.replace("{long_line}", "x" * 400).replace("{wide}", pixel + "#wide")
+                     .replace("{small}", pixel + "#small"))
+    hidden = page.evaluate(HIDDEN_CONTENT)
+    figures = figure_problems(page.evaluate(FIGURES))
+    page.close()
+    assert any(p.startswith("div.cell_output hides") and "of width" in p and "xxxx" in p for p in hidden), hidden
+    assert any(p.startswith("div.highlight hides") and "of height" in p for p in hidden), hidden
+    assert not any("fits" in p for p in hidden), hidden
+    assert sum("px wide in a column of" in p for p in figures) == 1, figures
+    assert sum("does not open full size" in p for p in figures) == 1, figures

@@ -217,3 +217,42 @@ def test_the_student_notebooks_are_downloadable_without_solutions_or_hidden_test
     # and every chapter's downloads are offered too
     for chapter in notebook_chapters():
         assert f"../_sources/{chapter}.ipynb" in offered and f"../_sources/{chapter}.md" in offered, chapter
+
+
+def test_the_bibliography_is_sorted_by_first_author(book):
+    """Entries in order of their first author's last name (institutional
+    authors such as {CS231n} included: book/_ext/bnkit_bib.py), each found
+    on the page by its title."""
+    from pybtex.database import parse_file
+
+    page = BeautifulSoup((book.html / "book" / "bibliography.html").read_text(), "html.parser")
+    entries = [normalise_space(e.get_text(" ")) for e in page.select("div.citation, dl.citation > dd")]
+    bib = parse_file(str(_book.ROOT / "references.bib"))
+    order = []
+    for text in entries:
+        found = [(key, e) for key, e in bib.entries.items()
+                 if normalise_space(re.sub(r"[{}]", "", e.fields["title"])).lower()[:40] in text.lower()]
+        assert len(found) == 1, f"cannot tell which entry this is ({len(found)} matches): {text[:100]}"
+        key, entry = found[0]
+        first = entry.persons["author"][0]
+        order.append((re.sub(r"[{}\\]", "", " ".join(first.last_names)).lower(), key))
+    assert len(order) >= 10, order
+    assert order == sorted(order, key=lambda o: o[0]), f"out of order: {[k for _, k in order]}"
+
+
+def normalise_space(text):
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_glued_numbers_have_no_space_before_punctuation(book):
+    """A glued number ({glue:text}) followed by punctuation prints without a
+    space between them ("0.41," not "0.41 ,")."""
+    problems = []
+    for path in sorted((book.html / "book").glob("*.html")):
+        page = BeautifulSoup(path.read_text(), "html.parser")
+        for span in page.select("span.pasted-text"):
+            after = span.next_sibling
+            text = after if isinstance(after, str) else (after.get_text() if after is not None else "")
+            if re.match(r"\s+[,.;:)%]", text) or span.get_text() != span.get_text().strip():
+                problems.append(f"{path.name}: {span.get_text()!r} then {text[:20]!r}")
+    assert not problems, "\n".join(problems[:20])

@@ -277,8 +277,10 @@ def ics_lr_sweep(lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), steps=500, measure_every=10
     (step 0, the random start, excluded from the statistics). Returns a list
     of dicts, one per (lr, network), with keys lr, net ('plain' or 'bn'),
     cos_mean, cos_min (over layers and measurements), l2_mean, rel_mean,
-    loss_start, loss_end (training loss on the batches measured) and diverged
-    (the loss became inf/nan; the statistics then cover the steps before).
+    loss_start, loss_end (training loss on the batches measured), diverged
+    (the loss became inf/nan; the statistics then cover the steps before) and
+    seed. `seed` sets the data, the initialisation and the batches: call once
+    per seed to see the spread.
     """
     x, y = gaussian_regression(width=width, seed=seed)
     loss_fn = nn.MSELoss()
@@ -308,8 +310,32 @@ def ics_lr_sweep(lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), steps=500, measure_every=10
             finite = np.all(np.isfinite(a), axis=(1, 2))
             diverged = not np.isfinite(losses[-1]) or not finite.all()
             a = a[finite]
-            rows.append(dict(lr=lr, net=name, cos_mean=float(a[..., 2].mean()), cos_min=float(a[..., 2].min()),
-                             l2_mean=float(a[..., 0].mean()), rel_mean=float(a[..., 1].mean()),
+            rows.append(dict(lr=lr, net=name, seed=seed, cos_mean=float(a[..., 2].mean()),
+                             cos_min=float(a[..., 2].min()), l2_mean=float(a[..., 0].mean()),
+                             rel_mean=float(a[..., 1].mean()),
                              loss_start=losses[0], loss_end=losses[-1], diverged=diverged,
                              n_measurements=int(a.shape[0] * a.shape[1])))
     return rows
+
+
+def deep_linear_losses(lr, steps=300, batch_size=100, depth=25, width=10, bn=False, seed=0):
+    """Train the deep linear network of `ics_lr_sweep` (same data, seed and
+    batches), without measuring anything; returns the training loss of each
+    step's batch, before its update, as a numpy array. If the loss becomes
+    inf or nan, training stops there and the array ends with that value:
+    `np.isfinite(losses[-1])` says whether the run diverged."""
+    x, y = gaussian_regression(width=width, seed=seed)
+    loss_fn = nn.MSELoss()
+    setup(seed)
+    model = deep_linear(depth, width, bn)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for _, idx in zip(range(steps), batches(len(x), batch_size, seed)):
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        losses.append(loss.item())
+        if not np.isfinite(losses[-1]):
+            break
+        loss.backward()
+        opt.step()
+    return np.array(losses)

@@ -22,12 +22,17 @@ from urllib.parse import urlsplit
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
-# Collapsed cells and dropdowns are opened: paper cannot be clicked.
+# Collapsed cells and dropdowns are opened: paper cannot be clicked. A cell
+# toggle (<details>) is opened, and book/_static/bnkit.css prints it without
+# its caption or fade-in; a sphinx-togglebutton dropdown (the exercises'
+# solutions) loses its hidden state, and its button does not print.
 READY = """async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await MathJax.startup.promise;
   }
   document.querySelectorAll('details').forEach(d => d.open = true);
+  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+  document.querySelectorAll('button.toggle-button').forEach(b => b.remove());
   await document.fonts.ready;
   await Promise.all([...document.images].map(i => i.complete ? null :
       new Promise(r => { i.onload = i.onerror = r; })));
