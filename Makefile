@@ -68,8 +68,11 @@ pdf: $(STAMP) $(MATHJAX) chromium
 	$(PY) book/_ext/book_pdf.py _build/singlehtml _build/pdf/book.pdf
 	@echo "The book is in _build/pdf/book.pdf"
 
+# Two pytest-xdist workers (the 2 cores CI has): each test module runs on one
+# worker, the modules that read the built book together (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP) $(MATHJAX) chromium bwrap
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Needs neither MathJax nor chromium: the slow tests are the ones that would.
 # Two pytest-xdist workers: the 2 cores CI and the team machines have.
