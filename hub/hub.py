@@ -122,6 +122,20 @@ def venv_fingerprint():
     return h.hexdigest()
 
 
+# Pins of constraints.txt that Debian's python3 cannot take (bookworm's is 3.11.2):
+# soupsieve >= 3 needs 3.11.5 (a broken `re` before it; 3.0.1 is yanked for that).
+DEBIAN_PYTHON_PINS = {"soupsieve": "2.8.3"}
+
+
+def hub_constraints(s):
+    """constraints.txt with DEBIAN_PYTHON_PINS in place of its pins for those packages."""
+    out = []
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        name = line.split("==")[0].strip().lower()
+        out.append(f"{name}=={DEBIAN_PYTHON_PINS[name]}" if name in DEBIAN_PYTHON_PINS else line)
+    return "\n".join(out) + "\n"
+
+
 def ensure_venv(s):
     """The hub's and users' venv from Debian's python3: jupyterhub, jupyterlab, nbgrader, bnkit (a copy)."""
     stamp = s.venv / ".bnkit-hub-stamp"
@@ -134,9 +148,12 @@ def ensure_venv(s):
         s.venv.parent.mkdir(parents=True, exist_ok=True)
         run([s.python, "-m", "venv", s.venv])
     pip = [s.venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    run(pip + ["-c", REPO / "constraints.txt", f"{REPO}[hub]"], env={**os.environ, "PIP_NO_WARN_SCRIPT_LOCATION": "1"})
+    pins = s.state / "constraints-hub.txt"
+    pins.write_text(hub_constraints(s))
+    run(pip + ["-c", pins, "jupyterhub"])  # first alone: a smaller resolution for Debian's old pip
+    run(pip + ["-c", pins, f"{REPO}[hub]"])
     # a copy: reinstall even if the version did not change, so edits to bnkit/bngrade reach the course
-    run(pip + ["--no-deps", "--force-reinstall", "-c", REPO / "constraints.txt", str(REPO)])
+    run(pip + ["--no-deps", "--force-reinstall", str(REPO)])
     install_grades_extension(s)
     run(["chmod", "-R", "go-w,a+rX", s.venv])
     stamp.write_text(fp)
@@ -190,6 +207,10 @@ def as_user(name, argv, cwd, **kw):
                cwd=cwd, env=env, **kw)
 
 
+# No "news from Jupyter" pop-up (it would ask the network) in a class's servers.
+QUIET = {"@jupyterlab/apputils-extension:announcements": True}
+
+
 def ensure_roles(s):
     """Per-role Jupyter config dirs (JUPYTER_CONFIG_PATH of each user's server, set by the hub)."""
     common = (f"c = get_config()  # noqa: F821\n"
@@ -203,9 +224,11 @@ def ensure_roles(s):
         {"ServerApp": {"jpserver_extensions": {e: False for e in off}}}, indent=1))
     (student / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": {
         "@jupyter/nbgrader:formgrader": True, "@jupyter/nbgrader:create-assignment": True,
-        "@jupyter/nbgrader:course-list": True}}, indent=1))
+        "@jupyter/nbgrader:course-list": True, **QUIET}}, indent=1))
     instructor = s.roles / "instructor"
     instructor.mkdir(parents=True, exist_ok=True)
+    (instructor / "labconfig").mkdir(exist_ok=True)
+    (instructor / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": QUIET}))
     (instructor / "jupyter_server_config.json").write_text(json.dumps(
         {"ServerApp": {"jpserver_extensions": {"bnkit_hub_grades": True}}}, indent=1))
     course = s.course_dir()
@@ -334,6 +357,7 @@ def start(s, detach=False):
             time.sleep(1)
     except KeyboardInterrupt:
         pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the hub half stopped
     stop(s)
 
 
