@@ -15,6 +15,12 @@ test-artifacts/hub/. Needs root (accounts, PAM) and /usr/bin/chromium.
   course directory, autograded by the button, found nothing.
 - test_permissions: what a student's uid and a student's browser session
   cannot reach.
+
+Status: seen green up to both students' submissions (login, fetch, edit, visible
+tests with PASS/FAIL, validate, submit) and the instructor's Collect; the rest
+(autograde button, manual grade, feedback, CSV, feedback fetch, the sandbox and
+permission tests) is written but was not yet run to the end, so the module is
+opt-in (BNKIT_HUB_TEST=1) until it is.
 """
 import csv
 import io
@@ -29,7 +35,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Unfinished (see the module docstring): the student half runs green against a live hub; the instructor
+# half was not yet seen green, so the test runs only when asked for (BNKIT_HUB_TEST=1, as root).
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("BNKIT_HUB_TEST") != "1",
+                                 reason="the hub test is opt-in for now: BNKIT_HUB_TEST=1 (root; ~15 min)")]
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hub"))
@@ -251,10 +261,10 @@ def open_submission(page, fg, student):
 
 
 def close_modal(page):
-    modal = page.locator(".modal.show, .modal.in").first
+    modal = page.locator("#success-modal, #error-modal").first  # nbgrader's utils.js createModal
     modal.wait_for(timeout=LONG)
     text = modal.inner_text()
-    modal.locator("button", has_text="Close").first.click()
+    modal.locator("button.btn-primary", has_text="OK").first.click()
     modal.wait_for(state="hidden", timeout=LONG)
     return text
 
