@@ -140,3 +140,36 @@ ROSTER ?=
 export-grades: $(STAMP) ## $(COURSE)/grades.csv (nbgrader's); with ROSTER=canvas.csv also canvas_grades.csv
 	$(IN_COURSE) && nbgrader export $(if $(ROSTER),--exporter=bngrade.export_canvas.CanvasExportPlugin \
 	  --CanvasExportPlugin.roster=$(abspath $(ROSTER)))
+# ---- The course on a real JupyterHub (hub/hub.py; README "Running the course for a class").
+# As root: creates the demo's Unix accounts (printed passwords), a venv for the hub and the users'
+# servers from Debian's python3, the course directory and the exchange; installs python3-venv,
+# bubblewrap and nodejs with apt-get when missing. Ctrl-C stops everything it started.
+HUB_ROOT        ?= /srv/bnkit-hub
+HUB_VENV        ?= /opt/bnkit-hub/venv
+HUB_PORT        ?= 8000
+HUB_USER_PREFIX ?= bnk-
+HUB_STUDENTS    ?= 3
+HUB_ENV = HUB_ROOT=$(HUB_ROOT) HUB_VENV=$(HUB_VENV) HUB_PORT=$(HUB_PORT) \
+          HUB_USER_PREFIX=$(HUB_USER_PREFIX) HUB_STUDENTS=$(HUB_STUDENTS)
+CHP := node_modules/.bin/configurable-http-proxy
+$(CHP): package.json package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(CHP)
+
+.PHONY: hub hub-detach hub-stop hub-clean hub-load
+hub: $(STAMP) $(CHP) bwrap   ## JupyterHub for the course on http://127.0.0.1:$(HUB_PORT)/ (Ctrl-C stops it)
+	$(HUB_ENV) $(PY) hub/hub.py start
+
+hub-detach: $(STAMP) $(CHP) bwrap  ## the same, in the background (make hub-stop)
+	$(HUB_ENV) $(PY) hub/hub.py start --detach
+
+hub-stop:              ## stop a detached hub and every server it started
+	$(HUB_ENV) $(PY) hub/hub.py stop
+
+hub-clean:             ## stop, then remove the accounts, their homes and $(HUB_ROOT)
+	$(HUB_ENV) $(PY) hub/hub.py clean
+
+# Load: N simulated students log in, fetch and submit at once (N = 10 30 60), against 127.0.0.1 only.
+hub-load: $(STAMP) $(CHP) bwrap
+	$(PY) hub/load.py --out test-artifacts/hub-load.json
