@@ -85,8 +85,8 @@ def test_source_notebooks_are_converted_clean_and_well_formed(name):
         assert spec.visible and set(spec.cases) - spec.visible, "visible and hidden cases"
         assert "from bngrade.harness import run_cases" in cell.source
     intro = nb.cells[0].source
-    assert "README.md#student-quick-start" in intro and "split equally over its cases" in intro
-    chapters = re.findall(r"book/(\d\d_[a-z_]+)\.md", intro)
+    assert "/book/assignments.html" in intro and "split equally over its cases" in intro  # the set-up page
+    chapters = re.findall(r"book/(\d\d_[a-z_]+)\.html", intro)
     assert chapters and all((ROOT / "book" / f"{c}.md").exists() for c in chapters)
 
 
