@@ -5,7 +5,6 @@ same examples run on every machine; by hand, 'dev' explores new ones.
 """
 import os
 
-import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None, print_blob=True)
@@ -25,16 +24,3 @@ if "TRITON_INTERPRET" not in os.environ:
     if not _CUDA:
         os.environ["TRITON_INTERPRET"] = "1"
 
-
-# `make test` runs on two pytest-xdist workers with --dist loadgroup. A module's
-# tests stay together on one worker (their module-scoped fixtures, e.g. a graded
-# course, are made once), and every module that builds the book shares one
-# group, so the strict build runs once (tests/_book.py) and its readers follow it.
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config, items):
-    uses_book = {}
-    for item in items:
-        path = item.path
-        if path not in uses_book:
-            uses_book[path] = "import _book" in path.read_text()
-        item.add_marker(pytest.mark.xdist_group("book" if uses_book[path] else path.stem))
