@@ -558,8 +558,10 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     Variant("invalid_json", "bn_forward", "integrity", "the file is not JSON: a clear failure for this student only",
             None, mutation="invalid_json"),
     Variant("metadata_stripped", "bn_forward", "integrity",
-            "every cell's nbgrader metadata removed: nbgrader cannot grade it; a clear failure for this "
-            "student only (course.check_submissions says why)", None, mutation="strip_metadata"),
+            "every cell's nbgrader metadata removed (an editor that drops it): the source's cells are put "
+            "back by RestoreMissingCells, the solution typed in place of its cell is kept, and a correct "
+            "solution gets its marks (issue 14: an accident the grader can repair)", frozenset(),
+            mutation="strip_metadata"),
     Variant("alt_calls_staged", "bn_backward_fast", "residual",
             "the closed form just calls the staged backward: right numbers, full marks (issue 14: the shape of "
             "the code is a code review); the report and the formgrader show it, ranked strong",

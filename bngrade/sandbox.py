@@ -330,7 +330,15 @@ class SandboxedExecute(OutputCaps, Execute):
     # ------------------------------------------------------------------ the run directory
     def _new_run_dir(self):
         """run/ (0711) with conn/ (the connection file: the sandbox reads, cannot write) and ipc/ (sockets)."""
-        run = tempfile.mkdtemp(prefix=run_dir_prefix(), dir=self.scratch_dir or None)
+        scratch = self.scratch_dir or None
+        # zmq's ipc:// sockets live in run/ipc/, and a Unix socket's path holds at most 107 bytes: a long
+        # scratch directory (a deep course path, pytest-xdist's temp dirs) would stop every kernel
+        # ("File name too long"), so such runs go to the system's temp directory instead.
+        if scratch and len(os.path.abspath(scratch)) + len(run_dir_prefix()) + 8 + len("/ipc/kernel-99-ctrl") > 107:
+            self._say_once("scratch", "warning", "bngrade: scratch_dir %s is too long for the kernel's IPC "
+                           "sockets; run directories go to %s", scratch, tempfile.gettempdir())
+            scratch = None
+        run = tempfile.mkdtemp(prefix=run_dir_prefix(), dir=scratch)
         os.chmod(run, 0o711)
         os.mkdir(os.path.join(run, "conn"), 0o711)
         ipc = os.path.join(run, "ipc")
