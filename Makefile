@@ -75,7 +75,7 @@ pdf: $(STAMP) $(MATHJAX) chromium
 # xdist_group marks: measured.)
 TEST_WORKERS ?= 2
 test: $(STAMP) $(MATHJAX) chromium bwrap
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # Needs neither MathJax nor chromium: the slow tests are the ones that would.
 # Two pytest-xdist workers: the 2 cores CI and the team machines have.
