@@ -41,7 +41,8 @@ def class_mix(assignment):
     hostile = [v for v in mine if v.name in HOSTILE]
     mix = []
     for i in range(100):  # per 100 students: 45 correct, 35 buggy, 18 damaged, 2 hostile
-        pool = correct if i < 45 else buggy if i < 80 else damaged if i < 98 else hostile or correct
+        pool = correct if i < 45 else buggy if i < 80 else damaged if i < 98 else hostile
+        pool = pool or correct  # an assignment without such variants: the correct ones take their place
         mix.append(pool[i % len(pool)])
     return mix
 
