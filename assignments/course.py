@@ -183,6 +183,28 @@ def place(course, assignment, notebooks):
         (d / f"{assignment}.ipynb").write_text(text)
 
 
+def graded_course(base, assignment, picks=(), extra=None, copies=()):
+    """The graded-course fixture of the parallel and scale tests: a course graded by plain serial nbgrader.
+
+    base/serial gets `assignment` generated and these submissions: "solution" (the source solution),
+    the catalogue variants named in `picks` (under their names) and `extra(course)`'s
+    {student: notebook JSON}; each name in `copies` is a copy of base/serial made before it is graded
+    (for the other paths to grade the same class). Returns (course, {student: notebook}, autograde log).
+    """
+    d = copy_course(Path(base) / "serial")
+    rc, log = nbgrader(d, "generate_assignment", assignment, "--force", quiet=True)
+    assert rc == 0, log
+    by_name = {v.name: v for v in catalogue.VARIANTS}
+    notebooks = {"solution": submission(d, assignment)}
+    notebooks.update({name: submission(d, assignment, by_name[name]) for name in picks})
+    notebooks.update(extra(d) if extra else {})
+    place(d, assignment, notebooks)
+    for name in copies:
+        shutil.copytree(d, Path(base) / name, symlinks=True)
+    _, log = nbgrader(d, "autograde", assignment, "--force", quiet=True)
+    return d, notebooks, log
+
+
 def controls(course, assignment):
     """The control students of a run (catalogue.CONTROLS): {student: notebook JSON text}."""
     bug = next(v for v in catalogue.VARIANTS if v.name == catalogue.CONTROL_BUG[assignment])

@@ -26,8 +26,10 @@ Commands (python -m bngrade.autograde ...):
         the standalone unit: one submission in, DIR/STUDENT/A/ out (result.json,
         the graded notebooks, the scratch gradebook, the integrity report,
         nbgrader's log). `python -m bngrade unit` is the same from packs (array jobs)
-    merge A --course DIR --results DIR
-        bring the results of `one` not merged yet into the course's gradebook
+    merge A --course DIR --results DIR   (or: merge --manifest JOBDIR/manifest.json [--course DIR])
+        bring the results of `one` (or of an array job) not merged yet into the course's gradebook
+    manifest A --course DIR --out JOBDIR;  unit --manifest JOBDIR/manifest.json --index I
+        the array-job unit (`python -m bngrade`'s help says more)
     bench [A] [--course DIR] [--students 20] [--rounds 2] [--out FILE]
         JOBS=1 vs JOBS=2 on sample submissions (alternating), CPU seconds per
         student, the grader's peak RSS under an output flood; writes a JSON file
@@ -48,9 +50,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from nbgrader.preprocessors.base import NbGraderPreprocessor
-from traitlets import Unicode
 
 from bngrade.sandbox_files import copy_given_files
 
@@ -198,33 +197,6 @@ def _remove_stale_scratch():
 
 
 # ---------------------------------------------------------------------- merge
-class ReplayGraded(NbGraderPreprocessor):
-    """The executor of the merge run: the notebook graded in the scratch copy, in place of executing it.
-
-    It was sanitized, executed in the sandbox and scored by the same config, so
-    SaveAutoGrades, which runs after this, stores what a serial run stores.
-    """
-
-    results_dir = Unicode("", help="the --out directory of `one`").tag(config=True)
-
-    def preprocess(self, nb, resources):
-        import nbformat
-
-        meta = resources["nbgrader"]
-        base = Path(self.results_dir) / meta["student"] / meta["assignment"]
-        result = base / "result.json"
-        if not result.exists():
-            raise RuntimeError(f"no graded result for {meta['student']} in {base} (did `one` run?)")
-        info = json.loads(result.read_text())
-        path = base / "autograded" / f"{meta['notebook']}.ipynb"
-        if not info.get("ok") or not path.exists():
-            log = base / "nbgrader.log"
-            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-            raise RuntimeError(f"grading {meta['student']} failed in its scratch course:\n{tail}")
-        graded = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
-        return graded, resources
-
-
 def merge(course, assignment, results, students=None):
     """One nbgrader autograde run in the real course that replays the results; returns (rc, log)."""
     course, results = Path(course).resolve(), Path(results).resolve()
@@ -236,14 +208,72 @@ def merge(course, assignment, results, students=None):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def start_merge(course, assignment, results):
-    """A merge process that replays each student named on its stdin, as they arrive (see `run`)."""
+def start_merge(course, assignment, results, fork=False):
+    """A merge process that replays each student named on its stdin, as they arrive (see `run`).
+
+    `fork`: fork it from this process, which has imported nbgrader already (`_preload`), instead of
+    starting a fresh interpreter: importing nbgrader costs ~3 s of CPU (jsonschema's rfc3987_syntax
+    grammar alone ~1.8 s), which at JOBS = cores is taken from the workers grading (measured by
+    `python -m bngrade.phases`). Only where no other thread runs here (the local engine); a Dask
+    client's threads make a fork unsafe, and there the merge competes with no worker anyway.
+    """
     log = tempfile.TemporaryFile(mode="w+")
+    if fork:
+        return _ForkedMerge(Path(course), assignment, str(results), log)
     args = [sys.executable, "-m", "bngrade.autograde", "_merge_in_nbgrader", assignment, str(results), "-"]
     proc = subprocess.Popen(args, cwd=course, env=_env(), stdin=subprocess.PIPE, stdout=log,
                             stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
     proc.log_file = log
     return proc
+
+
+class _ForkedMerge:
+    """The merge run in a child forked from this process; the part of subprocess.Popen that `run` uses."""
+
+    def __init__(self, course, assignment, results, log):
+        self.log_file, self.returncode = log, None
+        read, write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            rc = 1
+            try:
+                os.close(write)
+                _die_with_parent()
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                os.environ.update(_env())
+                os.environ.pop("NBGRADER_EXECUTION", None)
+                os.chdir(course)
+                with os.fdopen(read) as names:
+                    rc = _merge_in_nbgrader(assignment, results, ["-"], names=names)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(rc if isinstance(rc, int) else 1)
+        os.close(read)
+        self.pid = pid
+        self.stdin = os.fdopen(write, "w")
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self):
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def kill(self):
+        if self.returncode is None:
+            os.kill(self.pid, 9)
 
 
 def _die_with_parent():
@@ -287,14 +317,18 @@ def _copy_reports(course, assignment, results, students):
             shutil.copytree(report, Path(course) / "reports" / assignment / student, dirs_exist_ok=True)
 
 
-def _merge_in_nbgrader(assignment, results, students):
-    """Runs inside the course directory: nbgrader's AutogradeApp with ReplayGraded as the executor."""
+def _merge_in_nbgrader(assignment, results, students, names=None):
+    """Runs inside the course directory: nbgrader's AutogradeApp with ReplayGraded as the executor.
+
+    students ["-"]: the names arrive one a line on `names` (default stdin) while the workers grade others.
+    """
     from nbgrader.apps.autogradeapp import AutogradeApp
     from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, SaveAutoGrades
     from traitlets.config import Config
 
-    # "-": the names arrive on stdin, one a line, while the workers still grade others
-    ids = (line.strip() for line in sys.stdin) if students == ["-"] else students or ["*"]
+    from bngrade.replay import ReplayGraded
+
+    ids = (line.strip() for line in (names or sys.stdin)) if students == ["-"] else students or ["*"]
     rc = 0
     for student in ids:
         if not student:
@@ -495,7 +529,7 @@ def run(course, assignment, jobs=None, students=None, keep=None, quiet=False, en
     try:
         # The gradebook takes one writer: one merge process replays each student into it as soon as
         # that student's result is in, while the workers grade the others (the merge overlaps them).
-        merger = start_merge(course, assignment, out)
+        merger = start_merge(course, assignment, out, fork=engine == "local")
         for s in to_merge:
             merger.stdin.write(s + "\n")
         merger.stdin.flush()
@@ -511,6 +545,7 @@ def run(course, assignment, jobs=None, students=None, keep=None, quiet=False, en
             if not result.get("engine_error"):  # a result to merge (a failed grading fails in the merge too)
                 merger.stdin.write(student + "\n")
                 merger.stdin.flush()
+                _copy_reports(course, assignment, out, [student])  # now, while the workers grade others
             progress.finished(f"  {student:<28} {_status(result)}  ({result.get('seconds', 0):.1f} s)", failed)
         progress.set_running(0)
         progress.close()
@@ -519,7 +554,7 @@ def run(course, assignment, jobs=None, students=None, keep=None, quiet=False, en
             print(f"finishing the merge into {course / 'gradebook.db'} (nbgrader, one student at a time)",
                   flush=True)
         t_merge = time.monotonic()
-        rc, log = finish_merge(merger, course, assignment, out, students)
+        rc, log = finish_merge(merger, course, assignment, out, [s for s in students if s not in results])
         run.last_merge_seconds = round(time.monotonic() - t_merge, 2)  # the part not overlapped
         if lost:
             log += "".join(f"\nbngrade: {s} was not graded: {results[s]['engine_error']} (run again to retry)"
@@ -623,12 +658,14 @@ class CpuMeter:
 def bench(src, assignment, n, out, rounds=2):
     """JOBS=1 against JOBS=2, measured side by side: the runs alternate (1, 2, 2, 1, ...), so a load
     that changes meanwhile (other people on the machine) weighs on both; every run must give the
-    grades of the first. CPU seconds (all processes: grader, sandboxes, merge) per student come
-    from a cgroup and do not depend on the load."""
+    grades of the first. CPU seconds per student (the grader, the merge, bwrap; not the kernels,
+    which run in cgroups of their own) come from a cgroup and do not depend on the load; the
+    per-phase breakdown, kernels included, is `python -m bngrade.phases`."""
     src = Path(src).resolve()
     base = Path(tempfile.mkdtemp(prefix="bngrade-bench-"))
     template = _bench_course(src, base / "template", assignment, n)
     figures = dict(assignment=assignment, submissions=n, cores=os.cpu_count(), rounds=rounds, runs=[])
+    _preload()  # the imports once, before any run is timed (else the first run alone would pay them)
     meter = CpuMeter()
     order = [j for r in range(rounds) for j in ((1, 2) if r % 2 == 0 else (2, 1))]
     reference = None
@@ -646,7 +683,8 @@ def bench(src, assignment, n, out, rounds=2):
             reference = reference or grades
             figures["runs"].append(dict(
                 jobs=jobs, wall_seconds=round(wall, 2), merge_tail_seconds=run.last_merge_seconds,
-                cpu_seconds_per_student=round(cpu / n, 3) if cpu is not None else None,
+                # the grader, the merge, bwrap: each kernel runs in a cgroup of its own, not counted here
+                cpu_seconds_per_student_outside_kernels=round(cpu / n, 3) if cpu is not None else None,
                 load_average_before=round(load, 2), grades_equal_first_run=grades == reference,
                 graded=sum(r.get("ok", False) for r in results.values()),
                 median_seconds_per_submission=round(statistics.median(per), 3) if per else None,
@@ -655,6 +693,8 @@ def bench(src, assignment, n, out, rounds=2):
             shutil.rmtree(d, ignore_errors=True)
         walls = {j: [r["wall_seconds"] for r in figures["runs"] if r["jobs"] == j] for j in (1, 2)}
         pairs = [walls[1][i] / walls[2][i] for i in range(rounds)]
+        figures["side_by_side"] = [dict(round=i + 1, jobs1_wall_seconds=walls[1][i], jobs2_wall_seconds=walls[2][i],
+                                        ratio_jobs1_over_jobs2=round(pairs[i], 3)) for i in range(rounds)]
         figures["speedup_jobs2_over_jobs1_per_round"] = [round(x, 3) for x in pairs]
         figures["speedup_jobs2_over_jobs1"] = round(statistics.median(pairs), 3)
         figures["all_grades_equal"] = all(r["grades_equal_first_run"] for r in figures["runs"])
@@ -671,11 +711,12 @@ def bench(src, assignment, n, out, rounds=2):
     return figures
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bngrade.autograde", description=__doc__,
+def parser(prog="python -m bngrade.autograde", description=__doc__):
+    """The one command line of the grader, shared by `python -m bngrade.autograde` and `python -m bngrade`."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
+    r = sub.add_parser("run", help="grade every submission (tqdm bar), merge, print the grades")
     r.add_argument("assignment")
     r.add_argument("--course", default="assignments")
     r.add_argument("--jobs", type=int, default=0, help="students at a time (0: the number of cores)")
@@ -685,16 +726,25 @@ def main(argv=None):
     r.add_argument("--engine", default="local", choices=("local", "dask"))
     r.add_argument("--scheduler", default="", help="ENGINE=dask: the scheduler's address, tcp://host:8786")
     r.add_argument("--fresh", action="store_true", help="forget the results of earlier runs: grade everyone")
-    o = sub.add_parser("one")
+    o = sub.add_parser("one", help="the standalone unit: grade students into --out")
     o.add_argument("assignment")
     o.add_argument("students", nargs="+", metavar="student")
     o.add_argument("--course", default="assignments")
     o.add_argument("--out", required=True)
-    m = sub.add_parser("merge")
-    m.add_argument("assignment")
-    m.add_argument("--course", default="assignments")
-    m.add_argument("--results", required=True)
-    b = sub.add_parser("bench")
+    m = sub.add_parser("merge", help="bring results not merged yet into the course's gradebook")
+    m.add_argument("assignment", nargs="?", default="", help="with --results (not with --manifest)")
+    m.add_argument("--course", default="", help="default: assignments, or the course the manifest was made from")
+    m.add_argument("--results", default="", help="the --out directory of `one`")
+    m.add_argument("--manifest", default="", help="an array job's manifest.json: its results directory")
+    f = sub.add_parser("manifest", help="pack the assignment and every submission for an array job")
+    f.add_argument("assignment")
+    f.add_argument("--course", default="assignments")
+    f.add_argument("--out", required=True)
+    u = sub.add_parser("unit", help="grade the student at an array job's index")
+    u.add_argument("--manifest", required=True)
+    u.add_argument("--index", type=int, default=None,
+                   help="default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX, whichever is set")
+    b = sub.add_parser("bench", help="JOBS=1 vs JOBS=2 side by side -> JSON")
     b.add_argument("assignment", nargs="?", default="bn_forward")
     b.add_argument("--course", default="assignments")
     b.add_argument("--students", type=int, default=20)
@@ -704,7 +754,11 @@ def main(argv=None):
     i.add_argument("assignment")
     i.add_argument("results")
     i.add_argument("students", nargs="*")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None, prog="python -m bngrade.autograde", description=__doc__):
+    args = parser(prog, description).parse_args(argv)
     if args.cmd == "run":
         students = [s for s in args.students.split(",") if s] or None
         rc, results, log = run(args.course, args.assignment, args.jobs or None, students, args.keep or None,
@@ -721,7 +775,30 @@ def main(argv=None):
         ok = [grade_one(args.course, args.assignment, s, args.out)["ok"] for s in args.students]
         return 0 if all(ok) else 1
     if args.cmd == "merge":
-        return merge_results(args.course, args.assignment, args.results)
+        if args.manifest:
+            manifest = Path(args.manifest).resolve()
+            mf = json.loads(manifest.read_text())
+            return merge_results(args.course or mf["course"], mf["assignment"], manifest.parent / mf["results"])
+        if not (args.assignment and args.results):
+            raise SystemExit("merge needs A --results DIR, or --manifest JOBDIR/manifest.json")
+        return merge_results(args.course or "assignments", args.assignment, args.results)
+    if args.cmd == "manifest":
+        from bngrade.unit import write_manifest
+
+        path = write_manifest(args.course, args.assignment, args.out)
+        n = len(json.loads(path.read_text())["students"])
+        print(f"{path}: {n} students, indexes 0..{n - 1} (e.g. sbatch --array=0-{n - 1})")
+        return 0
+    if args.cmd == "unit":
+        from bngrade.unit import unit_task
+
+        index = args.index
+        if index is None:
+            found = os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("JOB_COMPLETION_INDEX")
+            if found is None:
+                raise SystemExit("--index, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX is needed")
+            index = int(found)
+        return unit_task(args.manifest, index)
     if args.cmd == "bench":
         bench(args.course, args.assignment, args.students, args.out, args.rounds)
         return 0

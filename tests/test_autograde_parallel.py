@@ -8,7 +8,6 @@ that nbgrader refuses to run at all when bubblewrap is missing.
 """
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "assignments"))
-import catalogue  # noqa: E402
 import course  # noqa: E402
 
 from bngrade.autograde import gradebook_scores  # noqa: E402
@@ -31,16 +29,7 @@ FAILED = re.compile(r"There was an error processing assignment '[^']+' for stude
 @pytest.fixture(scope="module")
 def courses(tmp_path_factory):
     base = tmp_path_factory.mktemp("parallel")
-    d = course.copy_course(base / "serial")
-    rc, log = course.nbgrader(d, "generate_assignment", A, "--force", quiet=True)
-    assert rc == 0, log
-    by_name = {v.name: v for v in catalogue.VARIANTS}
-    notebooks = {"solution": course.submission(d, A)}
-    notebooks.update({name: course.submission(d, A, by_name[name]) for name in PICKS})
-    course.place(d, A, notebooks)
-    for name in ("parallel", "refuse", "batch"):
-        shutil.copytree(d, base / name, symlinks=True)
-    rc, serial_log = course.nbgrader(d, "autograde", A, "--force", quiet=True)
+    _, notebooks, serial_log = course.graded_course(base, A, PICKS, copies=("parallel", "refuse", "batch"))
     par = subprocess.run([sys.executable, "-m", "bngrade.autograde", "run", A, "--course", str(base / "parallel"),
                           "--jobs", "2"], capture_output=True, text=True, cwd=ROOT)
     return dict(base=base, serial_log=serial_log, parallel=par, students=set(notebooks))

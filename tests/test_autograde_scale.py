@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -50,30 +49,27 @@ RENAMES = (("col", "column"), ("rm", "run_mean"), ("rv", "run_var"), ("mean", "m
 LONG = 1800  # seconds: only a hung run gets near it
 
 
-@pytest.fixture(scope="module")
-def classes(tmp_path_factory):
-    base = tmp_path_factory.mktemp("scale")
-    d = course.copy_course(base / "serial")
-    rc, log = course.nbgrader(d, "generate_assignment", A, "--force", quiet=True)
-    assert rc == 0, log
-    by_name = {v.name: v for v in catalogue.VARIANTS}
-    notebooks = {"solution": course.submission(d, A), "blank": course.submission(d, A, "blank")}
-    notebooks.update({name: course.submission(d, A, by_name[name]) for name in PICKS})
-    loop = by_name["loop_over_features"]
+def _planted(d):
+    """The blank notebook, the planted near-copy pair copy_a/copy_b, and a name and code that would be
+    markup if not escaped."""
+    loop = {v.name: v for v in catalogue.VARIANTS}["loop_over_features"]
     renamed = {}
     for gid, text in loop.cells.items():
         for old, new in RENAMES:
             text = re.sub(rf"\b{old}\b", new, text)
         renamed[gid] = "# my own work\n" + text.replace("out = np.empty_like(x)", "out = np.empty_like(x)  # result")
-    notebooks["copy_a"] = course.submission(d, A, loop)
-    notebooks["copy_b"] = course.submission(d, A, dataclasses.replace(loop, name="copy_b", cells=renamed))
-    # a name and code that would be markup if not escaped
-    notebooks["x<i>"] = course.submission(d, A, "blank").replace(
-        "raise NotImplementedError()", "raise NotImplementedError()  # </pre><script>window.pwned = 1</script>")
-    course.place(d, A, notebooks)
-    for name in ("dask", "dask_killed", "array", "resume"):
-        shutil.copytree(d, base / name, symlinks=True)
-    course.nbgrader(d, "autograde", A, "--force", quiet=True)
+    blank = course.submission(d, A, "blank")
+    return {"blank": blank, "copy_a": course.submission(d, A, loop),
+            "copy_b": course.submission(d, A, dataclasses.replace(loop, name="copy_b", cells=renamed)),
+            "x<i>": blank.replace("raise NotImplementedError()",
+                                  "raise NotImplementedError()  # </pre><script>window.pwned = 1</script>")}
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory):
+    base = tmp_path_factory.mktemp("scale")
+    d, notebooks, _ = course.graded_course(base, A, PICKS, extra=_planted, copies=("dask", "dask_killed", "array",
+                                                                                   "resume"))
     serial = gradebook_scores(d, A)
     assert set(serial) == set(notebooks)
     assert serial["solution"]["test_train_output"] == [3.0, 3.0]  # the comparisons are not vacuous
