@@ -7,21 +7,23 @@ test-artifacts/hub/. Needs root (accounts, PAM) and /usr/bin/chromium.
 
 - test_course_cycle_in_the_browser: two students log in through the login
   page, fetch bn_forward from the Assignments tab, write the function (one
-  right, one with a bug), run the visible tests, validate, submit; the
-  instructor collects, autogrades with the formgrader's button, grades the
-  written answer by hand, generates and releases feedback, downloads the
-  grades CSV; each student fetches their feedback and sees their own score.
+  right; one with a bug and an `import importlib` the grader's code review
+  reports), run the visible tests, validate, submit; the instructor collects,
+  autogrades with the formgrader's button (7 / 9, 5 / 9), grades both written
+  answers by hand (the integrity report is on student2's page), generates and
+  releases feedback, downloads the grades CSV (9 and 6); each student fetches
+  their feedback, opens it from the Assignments tab and reads their own score
+  (test cells 7 / 7 and 5 / 7), not the other's.
 - test_autograde_button_runs_the_sandbox: a submission that looks for the
-  course directory, autograded by the button, found nothing.
+  course directory, autograded by the button, found nothing (the formgrader
+  page and the autograded notebook show it; hostname `sandbox`).
 - test_permissions: what a student's uid and a student's browser session
   cannot reach.
 
-Status: seen passing up to both students' submissions (login, fetch, edit, visible
-tests with PASS/FAIL, validate, submit), the instructor's Collect and Autograde
-buttons (the formgrader showed 7 / 9 and 5 / 9); it then stopped in the manual
-grading view (open_submission), not yet debugged. Feedback, CSV, feedback
-fetch, the sandbox probe and the permission tests are written but have not
-run, so the module is opt-in (BNKIT_HUB_TEST=1) until they do.
+Runs in `make test` as root with /usr/bin/bwrap and /usr/bin/chromium (CI);
+skipped with the reason otherwise, or with BNKIT_HUB_TEST=0. The module's
+hub is removed at the end, also when a test fails; a run killed half-way is
+cleaned up by the next one's first step (`hub.py clean`).
 """
 import csv
 import io
