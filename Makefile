@@ -175,4 +175,4 @@ hub-clean:             ## stop, then remove the accounts, their homes and $(HUB_
 
 # Load: N simulated students log in, fetch and submit at once (N = 10 30 60), against 127.0.0.1 only.
 hub-load: $(STAMP) $(CHP) bwrap
-	$(PY) hub/load.py --out test-artifacts/hub-load.json
+	$(PY) hub/load.py --out-dir test-artifacts/hub

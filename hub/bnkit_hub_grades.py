@@ -17,6 +17,7 @@ from tornado import web
 class GradesCsvHandler(JupyterHandler):
     @web.authenticated
     def get(self):
+        from nbgrader.api import Gradebook
         from nbgrader.apps import NbGrader
         from nbgrader.coursedir import CourseDirectory
         from nbgrader.plugins import CsvExportPlugin
@@ -26,7 +27,9 @@ class GradesCsvHandler(JupyterHandler):
         coursedir = CourseDirectory(config=app.config)
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "grades.csv")
-            CsvExportPlugin(config=app.config).export(coursedir.db_url, out)
+            plugin = CsvExportPlugin(config=app.config, to=out)
+            with Gradebook(coursedir.db_url, coursedir.course_id) as gb:  # as `nbgrader export` opens it
+                plugin.export(gb)
             with open(out, "rb") as f:
                 data = f.read()
         self.set_header("Content-Type", "text/csv; charset=utf-8")

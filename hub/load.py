@@ -1,6 +1,6 @@
 """How many students one hub on this machine holds: N log in, fetch and submit at once (make hub-load).
 
-    python hub/load.py --rounds 10 30 60 --out test-artifacts/hub-load.json
+    python hub/load.py --rounds 10 30 60 --out-dir test-artifacts/hub   # load-10.json, load-30.json, ...
 
 It starts its own hub (hub/hub.py: accounts bnkl-student1..K, its own port
 and state dir on 127.0.0.1), runs each round with fresh students (so no
@@ -119,7 +119,7 @@ def wait_no_servers(root, users, limit=300):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, nargs="+", default=[10, 30, 60])
-    ap.add_argument("--out", default="test-artifacts/hub-load.json")
+    ap.add_argument("--out-dir", default="test-artifacts/hub", help="one load-N.json per round goes here")
     ap.add_argument("--port", type=int, default=18500)
     ap.add_argument("--timeout", type=int, default=600, help="seconds for one request (a spawn included)")
     ap.add_argument("--round-seconds", type=int, default=900, help="a round's deadline")
@@ -145,16 +145,21 @@ def main(argv=None):
             group = students[start:start + n]
             start += n
             print(f"[load] round: {n} students at once", flush=True)
+            loadavg_before = os.getloadavg()
             rnd = run_round(url, group, a.timeout, a.round_seconds)
-            rnd["loadavg_after"] = os.getloadavg()
+            rnd["loadavg_before"], rnd["loadavg_after"] = loadavg_before, os.getloadavg()
             print(json.dumps({k: v for k, v in rnd.items() if k != "failures"}), flush=True)
             result["rounds"].append(rnd)
+            out = Path(a.out_dir) / f"load-{n}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"url": url, "machine": result["machine"], **rnd}, indent=1))
             wait_no_servers("/srv/bnkit-hub-load", group)
     finally:
         subprocess.run(hub + ["clean"], env=env, capture_output=True, text=True, timeout=900)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=1))
-        print(f"[load] written {a.out}", flush=True)
+        out = Path(a.out_dir) / "load-all.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"[load] written {out} (and one load-N.json per round)", flush=True)
 
 
 if __name__ == "__main__":

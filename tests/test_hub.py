@@ -7,21 +7,23 @@ test-artifacts/hub/. Needs root (accounts, PAM) and /usr/bin/chromium.
 
 - test_course_cycle_in_the_browser: two students log in through the login
   page, fetch bn_forward from the Assignments tab, write the function (one
-  right, one with a bug), run the visible tests, validate, submit; the
-  instructor collects, autogrades with the formgrader's button, grades the
-  written answer by hand, generates and releases feedback, downloads the
-  grades CSV; each student fetches their feedback and sees their own score.
+  right; one with a bug and an `import importlib` the grader's code review
+  reports), run the visible tests, validate, submit; the instructor collects,
+  autogrades with the formgrader's button (7 / 9, 5 / 9), grades both written
+  answers by hand (the integrity report is on student2's page), generates and
+  releases feedback, downloads the grades CSV (9 and 6); each student fetches
+  their feedback, opens it from the Assignments tab and reads their own score
+  (test cells 7 / 7 and 5 / 7), not the other's.
 - test_autograde_button_runs_the_sandbox: a submission that looks for the
-  course directory, autograded by the button, found nothing.
+  course directory, autograded by the button, found nothing (the formgrader
+  page and the autograded notebook show it; hostname `sandbox`).
 - test_permissions: what a student's uid and a student's browser session
   cannot reach.
 
-Status: seen passing up to both students' submissions (login, fetch, edit, visible
-tests with PASS/FAIL, validate, submit), the instructor's Collect and Autograde
-buttons (the formgrader showed 7 / 9 and 5 / 9); it then stopped in the manual
-grading view (open_submission), not yet debugged. Feedback, CSV, feedback
-fetch, the sandbox probe and the permission tests are written but have not
-run, so the module is opt-in (BNKIT_HUB_TEST=1) until they do.
+Runs in `make test` as root with /usr/bin/bwrap and /usr/bin/chromium (CI);
+skipped with the reason otherwise, or with BNKIT_HUB_TEST=0. The module's
+hub is removed at the end, also when a test fails; a run killed half-way is
+cleaned up by the next one's first step (`hub.py clean`).
 """
 import csv
 import io
@@ -29,24 +31,40 @@ import json
 import os
 import pwd
 import re
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
-# Unfinished (see the module docstring): the student half runs green against a live hub; the instructor
-# half was not yet seen green, so the test runs only when asked for (BNKIT_HUB_TEST=1, as root).
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.environ.get("BNKIT_HUB_TEST") != "1",
-                                 reason="the hub test is opt-in for now: BNKIT_HUB_TEST=1 (root; ~15 min)")]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _why_not_here():
+    """Why this machine cannot run the hub (None when it can): the hub makes Unix accounts and spawns per uid."""
+    if os.environ.get("BNKIT_HUB_TEST") == "0":
+        return "turned off by BNKIT_HUB_TEST=0"
+    if os.geteuid() != 0:
+        return "the hub needs root (useradd, PAM reads /etc/shadow, a server per uid): run make test as root"
+    if not os.access("/usr/bin/bwrap", os.X_OK):
+        return "/usr/bin/bwrap missing (make test installs bubblewrap as root)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} missing (make test installs chromium as root)"
+    if not (os.access("/usr/bin/python3", os.X_OK) and (shutil.which("npm") or shutil.which("apt-get"))):
+        return "the hub's venv needs Debian's /usr/bin/python3 and npm (or apt-get to install them)"
+    return None
+
+
+# One xdist worker runs this whole module (make test's --dist loadfile), about 4 minutes on an idle machine.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not_here() is not None, reason=str(_why_not_here()))]
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "hub"))
 from client import HubUser  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = REPO / "test-artifacts" / "hub"
@@ -105,15 +123,17 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub():
-    if os.geteuid() != 0:
-        pytest.skip("make hub needs root (Unix accounts, PAM, a server per uid)")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} missing (make test installs it)")
     h = Hub()
     if ATTACH:
         yield h
         return
     h.cli("clean", timeout=600)  # a previous run killed half-way
+    for name in [h.instructor, *h.students]:  # its accounts, if it died before writing its state (bnkt-: ours)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
     r = h.cli("start", "--detach")
     if r.returncode != 0:
         out = r.stdout + r.stderr + h.log_tail()
@@ -180,8 +200,10 @@ def _solution_source():
 
 CORRECT = _solution_source()
 # catalogue's biased_running_var: running_var updated with the biased variance (test_running_stats fails)
-BUGGY = CORRECT.replace("momentum * var * N / (N - 1)", "momentum * var")
-assert BUGGY != CORRECT
+# and an import the grader's code review reports (evidence for the instructor; it costs no marks)
+BUGGY = "import importlib  # left over from debugging\n" + CORRECT.replace("momentum * var * N / (N - 1)",
+                                                                            "momentum * var")
+assert "momentum * var * N" not in BUGGY
 
 
 def open_assignments(page):
@@ -252,13 +274,29 @@ def student_works(page, name, code, tag, expect_fail):
 
 
 def open_submission(page, fg, student):
-    """The manual-grading view of one student's bn_forward (names shown: the list hides them by default)."""
+    """The manual-grading view of one student's bn_forward, from the formgrader's list of submissions.
+
+    The list renders each row twice (a hidden anonymous link and the named one), so the named link's
+    address is followed rather than clicked while hidden.
+    """
     page.goto(fg + "/gradebook/bn_forward/bn_forward")
-    page.locator("#toggle_names").click()
     link = page.locator("a.name-shown", has_text=student).first
-    link.wait_for()
-    link.click()
+    link.wait_for(state="attached")
+    page.goto(hub_origin(page) + link.get_attribute("href"))
     page.wait_for_selector("input.score", state="attached")
+
+
+def hub_origin(page):
+    return re.match(r"https?://[^/]+", page.url).group(0)
+
+
+def grade_written_answer(page, points):
+    score = page.locator("input.score#train_eval_answer")
+    score.wait_for()
+    score.scroll_into_view_if_needed()
+    score.fill(str(points))
+    score.press("Tab")
+    page.wait_for_function(f"() => document.getElementById('train_eval_answer').value === '{points}'")
 
 
 def close_modal(page):
@@ -302,19 +340,27 @@ def test_course_cycle_in_the_browser(hub, browser):
     assert "7 / 9" in row1, row1
     assert "5 / 9" in row2, row2
 
-    # manual grading of the written answer of student1
+    # manual grading of the written answers: student1's (2 of 2), then student2's (1 of 2) where the
+    # grader's integrity report for student2 (the importlib import) is on the same page
     open_submission(pi, fg, s1)
-    score = pi.locator("input.score#train_eval_answer")
-    score.wait_for()
-    score.scroll_into_view_if_needed()
-    score.fill("2")
-    score.press("Tab")
-    pi.wait_for_function("() => document.getElementById('train_eval_answer').value === '2'")
-    shot(pi, "instructor-04-manual-grade")
-    # the manual score is saved (the page's own total)
+    assert "Integrity report" not in pi.locator("body").inner_text()  # nothing to report for student1
+    grade_written_answer(pi, 2)
+    shot(pi, "instructor-04-manual-grade-student1")
+    open_submission(pi, fg, s2)
+    report = pi.get_by_text("Integrity report").first
+    report.wait_for()
+    body = pi.locator("body").inner_text()
+    evidence = body[body.index("Integrity report"):][:1500]
+    assert "importlib" in evidence and "not in the student's feedback" in evidence, evidence
+    report.scroll_into_view_if_needed()
+    shot(pi, "instructor-05-integrity-evidence-student2")
+    grade_written_answer(pi, 1)
+    shot(pi, "instructor-06-manual-grade-student2")
+    # the manual scores are saved: the formgrader's own totals
     pi.goto(fg + "/manage_submissions/bn_forward")
-    pi.wait_for_function(f"() => [...document.querySelectorAll('tr')].some(r => r.innerText.includes('{s1}') "
-                         "&& r.innerText.includes('9 / 9'))", timeout=LONG)
+    for name, total in ((s1, "9 / 9"), (s2, "6 / 9")):
+        pi.wait_for_function(f"() => [...document.querySelectorAll('tr')].some(r => r.innerText.includes('{name}') "
+                             f"&& r.innerText.includes('{total}'))", timeout=LONG)
 
     # feedback for everyone, then released
     pi.goto(fg + "/manage_assignments")
@@ -324,31 +370,43 @@ def test_course_cycle_in_the_browser(hub, browser):
     assert "Success" in close_modal(pi)
     row.locator(".release-feedback a").click()
     assert "Success" in close_modal(pi)
-    shot(pi, "instructor-05-feedback-released")
+    shot(pi, "instructor-07-feedback-released")
 
-    # the grades CSV, downloaded in the instructor's browser
-    with pi.expect_download(timeout=LONG) as dl:
-        pi.evaluate("url => { const a = document.createElement('a'); a.href = url; a.download = 'grades.csv';"
-                    " document.body.appendChild(a); a.click(); }", hub.url + f"user/{hub.instructor}/bnkit/grades.csv")
+    # the grades CSV, downloaded in the instructor's browser (a file download, as a click on the link gives)
+    csv_url = hub.url + f"user/{hub.instructor}/bnkit/grades.csv"
+    r = pi.request.get(csv_url)
+    assert r.status == 200 and "student_id" in r.text(), (r.status, r.text()[:500])
+    dpage = ctxi.new_page()
+    with dpage.expect_download(timeout=LONG) as dl:
+        try:
+            dpage.goto(csv_url)
+        except PlaywrightError as e:  # Chromium aborts the navigation when the answer is a download
+            if "Download is starting" not in str(e) and "net::ERR_ABORTED" not in str(e):
+                raise
     path = dl.value.path()
+    dpage.close()
     rows = [r for r in csv.DictReader(io.StringIO(Path(path).read_text())) if r["assignment"] == "bn_forward"]
     (SHOTS / "grades.csv").write_text(Path(path).read_text())
     scores = {r["student_id"]: float(r["score"]) for r in rows}
-    assert scores[s1] == 9.0 and scores[s2] == 5.0, scores
+    assert scores[s1] == 9.0 and scores[s2] == 6.0, scores
 
     # --- each student fetches their feedback and reads their own score
-    for ctx, page, name, other, auto, total in ((ctx1, p1, s1, s2, 7.0, 9.0), (ctx2, p2, s2, s1, 5.0, 5.0)):
+    for ctx, page, name, other, auto, total in ((ctx1, p1, s1, s2, 7.0, 9.0), (ctx2, p2, s2, s1, 5.0, 6.0)):
         open_assignments(page)
         sub = page.locator("#submitted_assignments_list .list_item", has_text="bn_forward").first
         sub.get_by_role("button", name="Fetch Feedback").click()
         page.get_by_text("(view feedback)").first.wait_for(timeout=LONG)
         shot(page, f"{'student1' if name == s1 else 'student2'}-07-feedback-fetched")
+        page.get_by_text("(view feedback)").first.click()  # the file browser goes to the feedback folder
+        page.locator(".jp-DirListing-item", has_text="bn_forward.html").first.wait_for(timeout=LONG)
+        shot(page, f"{'student1' if name == s1 else 'student2'}-08-feedback-folder")
         listing = page.request.get(hub.url + f"user/{name}/assignments?course_id=bnkit").json()
-        entry = next(a for a in listing["value"] if a["status"] == "submitted" and a.get("local_feedback_path"))
-        fb = ctx.new_page()
-        fb.goto(hub.url + f"user/{name}/files/{entry['local_feedback_path']}/bn_forward.html")
+        folder = next(x["local_feedback_path"] for a in listing["value"] for x in [a, *a.get("submissions", [])]
+                      if x.get("local_feedback_path"))
+        fb = ctx.new_page()  # the feedback page, opened in a tab of the student's own browser
+        fb.goto(hub.url + f"user/{name}/files/{folder}/bn_forward.html")
         body = fb.locator("body").inner_text()
-        shot(fb, f"{'student1' if name == s1 else 'student2'}-08-feedback")
+        shot(fb, f"{'student1' if name == s1 else 'student2'}-09-feedback")
         tests = [(float(a), float(b)) for a, b in re.findall(r"Test cell \(Score: ([\d.]+) / ([\d.]+)\)", body)]
         assert len(tests) == 3 and sum(b for _, b in tests) == 7.0, body[:2000]
         assert sum(a for a, _ in tests) == auto, (name, tests)  # 7/7 for the correct one, less for the bug
@@ -356,7 +414,7 @@ def test_course_cycle_in_the_browser(hub, browser):
         assert "PASS" in body and "BEGIN HIDDEN TESTS" not in body
         assert other not in body
         # and the other student's feedback is out of reach of this session
-        r = page.request.get(hub.url + f"user/{other}/files/{entry['local_feedback_path']}/bn_forward.html")
+        r = page.request.get(hub.url + f"user/{other}/files/{folder}/bn_forward.html")
         assert r.status in (403, 404) or "Score:" not in r.text(), r.status
     for ctx in (ctx1, ctx2, ctxi):
         ctx.close()
@@ -419,12 +477,13 @@ def test_autograde_button_runs_the_sandbox(hub, browser):
     assert "PROBE hostname: sandbox" in body
     # the autograded notebook records it
     graded = json.loads((hub.course / "autograded" / s3 / "bn_forward" / "bn_forward.ipynb").read_text())
-    outs = "".join(o.get("text", "") for c in graded["cells"] if c["cell_type"] == "code"
-                   for o in c.get("outputs", []) if isinstance(o.get("text", ""), str))
+    outs = "".join("".join(o.get("text", "")) for c in graded["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []))  # a stream's text is a string or a list of lines
     assert "PROBE course-exists: False" in outs and "PROBE hostname: sandbox" in outs, outs[:2000]
     # and it still scores 7/7: the sandbox took nothing from an honest function
     csv_text = pi.request.get(hub.url + f"user/{hub.instructor}/bnkit/grades.csv").text()
-    row3 = next(r for r in csv.DictReader(io.StringIO(csv_text)) if r["student_id"] == s3)
+    row3 = next(r for r in csv.DictReader(io.StringIO(csv_text))
+                if r["student_id"] == s3 and r["assignment"] == "bn_forward")
     assert float(row3["score"]) == 7.0, row3
     ctx.close()
     student.stop_server()
