@@ -30,9 +30,10 @@ Decisions (the design leaves them to this module):
   marked not run, so only the tests not reached are lost. The notebook runs
   once more in a fresh sandbox only when the kernel did not start, or when a
   timeout came while the sandbox was starved of CPU by others (its kernel
-  waited on the run queue for at least a quarter of the time, longer than it
-  ran, and the whole sandbox used under half a CPU): load must not
-  cost marks, and a student's own sleep or spin is never retried.
+  waited on the run queue for at least a quarter of the time, and the whole
+  sandbox used under 3/4 of one CPU, so the waiting was not its own threads
+  competing; a kernel that lowered its own priority does not count): load
+  must not cost marks, and a student's own sleep or spin is never retried.
 - The IPC sockets live in a host directory the kernel must write; as root it
   is a 4 MiB tmpfs mounted for the run (unmounted after), handed back to root
   once the kernel answers (before any student code runs). The connection file
@@ -568,16 +569,28 @@ class SandboxedExecute(OutputCaps, Execute):
         return time.monotonic(), cpu, _schedstat(self._kernel_pid) if self._kernel_pid else None
 
     def _starved(self):
-        """Was the sandbox starved of CPU by others since its kernel answered? (module docstring)"""
+        """Was the sandbox starved of CPU by others since its kernel answered? (module docstring)
+
+        Starved: the kernel's threads waited on a run queue for at least a quarter of the time, yet the whole
+        sandbox had under 3/4 of one CPU. Waiting that the sandbox causes itself (threads or processes competing
+        for the CPUs it pinned) comes with at least one CPU's worth of use, so it does not qualify; nor does a
+        kernel that lowered its own priority. (Not "waited longer than it ran": each session is its own
+        autogroup, so a host hog takes about half the CPU, whatever its nice.)
+        """
         if self._load0 is None:
             return False
         (w0, c0, s0), (w1, c1, s1) = self._load0, self._load_sample()
         if s0 is None or s1 is None:
             return False
-        ran, waited, wall = (s1[0] - s0[0]) / 1e9, (s1[1] - s0[1]) / 1e9, w1 - w0
-        busy_itself = c0 is not None and c1 is not None and (c1 - c0) >= 0.5 * wall
-        return (waited >= 0.25 * wall and waited > ran and not busy_itself
-                and not _lowered_own_priority(self._kernel_pid))
+        wall = w1 - w0
+        ran, waited = (s1[0] - s0[0]) / 1e9, (s1[1] - s0[1]) / 1e9
+        used = c1 - c0 if c0 is not None and c1 is not None else ran  # without cpuacct: the kernel's threads
+        lowered = _lowered_own_priority(self._kernel_pid)
+        starved = wall > 0 and waited >= 0.25 * wall and used < 0.75 * wall and not lowered
+        self.log.info("bngrade: CPU since the kernel answered: %.2f s wall, the kernel ran %.2f s and waited "
+                      "%.2f s, the sandbox used %.2f s%s: %s", wall, ran, waited, used,
+                      " (it lowered its own priority)" if lowered else "", "starved" if starved else "not starved")
+        return starved
 
     def _harvest(self, report):
         root, relative = self._results_at()
