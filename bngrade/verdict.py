@@ -304,7 +304,8 @@ def _error_lines(error, withheld=None):
     if withheld:
         kind = error.get("type")
         kind = kind if isinstance(kind, str) and kind in _KNOWN_ERRORS else "an exception of your own"
-        return f"failed: your code raised {kind} ({withheld})", []
+        return f"failed: your code raised {kind}" + (" (not written yet?)" if kind == "NotImplementedError" else "") \
+            + f" ({withheld})", []
     kind, message = _clean(error.get("type"), 40), _clean(error.get("message"), 200)
     what = f"your code raised {kind}" + (f": {message}" if message else "")
     if kind == "NotImplementedError":

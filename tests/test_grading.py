@@ -528,7 +528,8 @@ def test_round_trip_feedback_shows_lines_and_no_hidden_source(round_trip):
     nb = json.loads((d / "autograded" / "axis_error" / FWD / f"{FWD}.ipynb").read_text())
     cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_train_output")
     text = "".join(cell["outputs"][0]["text"])
-    assert "AxisError" in text and "in batchnorm_forward: mu = x.mean(axis=2)" in text, text
+    # its frames and message are withheld: the test cell's hidden cases were in the kernel (verdict.py)
+    assert "AxisError" in text and "mu = x.mean(axis=2)" not in text, text
     assert "numpy/" not in text and "bngrade" not in text and "harness" not in text, text
 
 
