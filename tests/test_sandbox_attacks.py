@@ -408,13 +408,8 @@ def test_what_a_killed_grader_left_is_swept(tmp_path):
     (5.0, 5.0, 0.0, 5.0, False, False),  # a spin on an idle machine
     (5.0, 0.0, 0.0, 0.0, False, False),  # a sleep
 ])
-def test_starvation_is_waiting_that_the_sandbox_did_not_cause(monkeypatch, wall, ran, waited, used, lowered, starved):
+def test_starvation_is_waiting_that_the_sandbox_did_not_cause(wall, ran, waited, used, lowered, starved):
     """The rule that decides a retry, on the numbers it sees (the real starvation test above measures them)."""
-    import bngrade.sandbox as sandbox_module
+    from bngrade.sandbox_kernel import starved_by_others
 
-    ex = SandboxedExecute()
-    ex._kernel_pid = 1
-    ex._load0 = (100.0, 10.0, (0, 0))
-    monkeypatch.setattr(ex, "_load_sample", lambda: (100.0 + wall, 10.0 + used, (ran * 1e9, waited * 1e9)))
-    monkeypatch.setattr(sandbox_module, "_lowered_own_priority", lambda pid: lowered)
-    assert ex._starved() is starved
+    assert starved_by_others(wall, ran, waited, used, lowered) is starved
