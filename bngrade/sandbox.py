@@ -35,7 +35,7 @@ Decisions (the design leaves them to this module):
   once more in a fresh sandbox only when the kernel did not start, or when a
   timeout came while the sandbox was starved of CPU by others (its kernel
   waited on the run queue for at least a quarter of the time, and the whole
-  sandbox used under 3/4 of one CPU, so the waiting was not its own threads
+  sandbox used under 0.6 of one CPU, so the waiting was not its own threads
   competing; a kernel that lowered its own priority does not count): load
   must not cost marks, and a student's own sleep or spin is never retried.
 - The IPC sockets live in a host directory the kernel must write; as root it
