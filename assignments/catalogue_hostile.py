@@ -637,6 +637,24 @@ def send(msg_type, content, buffers=None):
     k.session.send(k.iopub_socket, msg_type, content, parent=k.get_parent(), buffers=buffers)
 '''
 HOSTILE += [
+    V("hostile_hidden_cases_in_a_visible_message", "stashes every case list it is called from (hidden cases "
+      "included) in builtins, across test cells, then raises on the VISIBLE eval case with the stash in its "
+      "message and warns it: once the kernel holds hidden cases no student text reaches feedback, visible or "
+      "hidden, so the line says only the exception's type (and the other tests pass)", {"test_eval"},
+      expect={"test_train_output": 3, "test_running_stats": 2, "test_eval": 1.5},
+      feedback={"test_eval": ["ValueError"]},
+      edits={FWD: [('    mode = bn_param.get("mode", "train")\n', '''    import sys as _s, builtins as _b, warnings as _w
+    _f = _s._getframe(1)
+    while _f is not None and "cases" not in _f.f_locals:
+        _f = _f.f_back
+    if _f is not None:
+        _stash = _b.__dict__.setdefault("_stash", [])
+        _stash += [c for c in _f.f_locals["cases"] if c not in _stash]
+        if _f.f_locals.get("seed") == 2 and _f.f_locals.get("check") == "eval_output":
+            _w.warn("stashed " + repr(_stash))
+            raise ValueError("stashed " + repr(_stash))
+    mode = bn_param.get("mode", "train")
+''')]}),
     V("hostile_hidden_cases_in_errors", "raises, on hidden cases only, an exception of its own class named after "
       "the seed whose message holds the whole case list read from the caller (and warns it, and returns an "
       "object whose class name holds it): the hidden lines say only 'failed' and a category, the visible cases "

@@ -7,6 +7,10 @@ beside this directory) for how a submission is graded:
   the block marked "sandbox" below), where bnkit's reference, torch and the
   course are not visible; the test cells only record what the student's
   functions return;
+- if this file fails to load (nbgrader then logs the error and carries on with
+  its defaults: no sandbox), `nbgrader_config.json` beside it, which nbgrader
+  loads on its own, makes every unsandboxed kernel refuse to start during
+  autograde (`bngrade/sandbox_guard.py`): grading stops, loudly. Copy both;
 - `ScoreOutsideKernel` then decides each test cell's score in this process
   (bnkit as the reference, partial credit per case) and writes the lines the
   student sees, before `SaveAutoGrades` stores the grades.

@@ -111,6 +111,7 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
             results = {}
         trusted = self._trusted_sources(resources)
         earlier = _first_error(_cells_before_tests(nb))
+        exposed = False  # has the kernel been given a hidden case yet? (verdict: then no student text is shown)
         for cell in nb.cells:
             if not _is_test_cell(cell):
                 continue
@@ -120,6 +121,7 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
                     f"cell {grade_id!r} is not a test cell of this assignment; it scores nothing"))]
                 continue
             source = trusted.get(grade_id, cell.source)
+            exposed = exposed or "### BEGIN HIDDEN TESTS" in source
             spec = verdict.parse_test_cell(source)
             if spec is None:
                 continue
@@ -130,7 +132,8 @@ class ScoreOutsideKernel(NbGraderPreprocessor):
                 result = verdict.score_cell(
                     grade_id, spec.cases, cell.metadata.nbgrader["points"], data=results.get(name),
                     problem=problems.get(name), visible=spec.visible,
-                    context=_kernel_context(cell, execution, earlier))
+                    context=_kernel_context(cell, execution, earlier),
+                    exposed=exposed or any(c not in spec.visible for c in spec.cases))
             except Exception:  # a grader bug: this cell scores zero, loudly; the other cells and students go on
                 self.log.exception("bngrade: could not score %s; it scores zero", grade_id)
                 cell.outputs = [new_output("error", ename="GraderError", traceback=[], evalue=(

@@ -11,8 +11,12 @@ notebook in a fresh sandbox. The modules, one job each:
 - sandbox_cgroup.py: one cgroup per sandbox (total memory, processes, CPU);
 - sandbox_files.py: the submission copied by content, the results read by
   descriptor, the bounded IPC directory;
-- this file: the kernel's lifecycle (start, cells, time budget, retry, stop)
-  and the harvest of results.
+- sandbox_kernel.py: the kernel's lifecycle (its manager and client, its
+  processes on the host, its end) and whether a timeout came from load;
+- sandbox_harvest.py: the harvest of a run (results, the kernel's stderr,
+  the cells that did not run);
+- this file: the nbgrader preprocessor that drives them: one notebook run
+  (cells, time budget, retry), the run directory, the sandbox's trial.
 
 Decisions (the design leaves them to this module):
 - The uid is `uid_base + pid % 20000` of the grading process, so two parallel
@@ -30,9 +34,10 @@ Decisions (the design leaves them to this module):
   marked not run, so only the tests not reached are lost. The notebook runs
   once more in a fresh sandbox only when the kernel did not start, or when a
   timeout came while the sandbox was starved of CPU by others (its kernel
-  waited on the run queue for at least a quarter of the time, longer than it
-  ran, and the whole sandbox used under half a CPU): load must not
-  cost marks, and a student's own sleep or spin is never retried.
+  waited on the run queue for at least a quarter of the time, and the whole
+  sandbox used under 0.6 of one CPU, so the waiting was not its own threads
+  competing; a kernel that lowered its own priority does not count): load
+  must not cost marks, and a student's own sleep or spin is never retried.
 - The IPC sockets live in a host directory the kernel must write; as root it
   is a 4 MiB tmpfs mounted for the run (unmounted after), handed back to root
   once the kernel answers (before any student code runs). The connection file
@@ -49,7 +54,6 @@ Decisions (the design leaves them to this module):
   at its start, that the total memory and process count are not bounded.
   `unsafe_run_without_sandbox = True` runs plain nbgrader execution.
 """
-import asyncio
 import copy
 import hashlib
 import json
@@ -60,16 +64,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import zmq
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.connect import channel_socket_types
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import ensure_async, run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, DottedObjectName, Float, Integer, List, Type, Unicode
+from traitlets import Bool, Float, Integer, List, Unicode
 
 from bngrade import sandbox_policy as policy
 from bngrade.output_caps import OutputCaps
@@ -77,6 +77,10 @@ from bngrade.sandbox_bwrap import kernel_site_binds, sandbox_argv  # noqa: F401 
 from bngrade.sandbox_cgroup import Cgroup, CgroupUnavailable, sweep_stale
 from bngrade.sandbox_files import (copy_given_files, private_tmpfs, read_results,  # noqa: F401 (re-exported)
                                    run_dir_prefix, submission_refusals, sweep_stale_mounts, unmount)
+from bngrade.sandbox_harvest import harvest, log_tail, mark_not_run
+from bngrade.sandbox_kernel import (SandboxedKernelClient, SandboxedKernelManager,  # noqa: F401 (re-exported)
+                                    close_ipc_dir, kernel_pid, load_sample, lowered_own_priority, sandbox_root,
+                                    starved_by_others, wait_for_sandbox_end)
 from bngrade.sandbox_seccomp import SeccompUnavailable, compile_filter
 
 INSIDE_RESULTS = policy.RESULTS
@@ -90,79 +94,6 @@ class SandboxUnavailable(SystemExit):
 
 class _RetryNotebook(Exception):
     """A timeout in a run that will be retried: stop this run now."""
-
-
-class SandboxedKernelClient(AsyncKernelClient):
-    """A client whose sockets refuse any single message over `max_message_bytes`."""
-
-    max_message_bytes = Integer(32 * MiB).tag(config=True)
-
-    def _create_connected_socket(self, channel, identity=None):
-        sock = self.context.socket(channel_socket_types[channel])
-        sock.linger = 1000
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        if identity:
-            sock.identity = identity
-        sock.connect(self._make_url(channel))
-        return sock
-
-
-class SandboxedKernelManager(AsyncKernelManager):
-    """Starts `sandbox_argv + [connection file]` instead of the kernel spec's argv."""
-
-    sandbox_argv = List(Unicode())
-    sandbox_uid = Integer(-1)
-    max_message_bytes = Integer(32 * MiB)
-    client_class = DottedObjectName("bngrade.sandbox.SandboxedKernelClient")
-    client_factory = Type(SandboxedKernelClient, klass=AsyncKernelClient)
-
-    def client(self, **kwargs):
-        kc = super().client(**kwargs)
-        kc.max_message_bytes = self.max_message_bytes  # the sockets are made later, by start_channels
-        return kc
-
-    def format_kernel_cmd(self, extra_arguments=None):
-        if self.sandbox_uid >= 0:  # the kernel reads it (group), cannot write it; on a descriptor, no path
-            fd = os.open(self.connection_file, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fchown(fd, 0, self.sandbox_uid)
-                os.fchmod(fd, 0o640)
-            finally:
-                os.close(fd)
-        return list(self.sandbox_argv) + ["-f", self.connection_file] + list(extra_arguments or [])
-
-    async def interrupt_kernel(self):
-        if self.has_kernel:
-            msg = self.session.msg("interrupt_request", content={})
-            self._connect_control_socket()
-            self.session.send(self._control_socket, msg)
-
-
-def _lowered_own_priority(pid):
-    """Did the kernel lower its priority below the grader's (nice, SCHED_BATCH, SCHED_IDLE)? Its own doing then."""
-    def nice_and_policy(p):
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[16]), int(fields[38])  # nice; policy (3 SCHED_BATCH, 5 SCHED_IDLE)
-
-    try:
-        (nice, policy_), (own_nice, own_policy) = nice_and_policy(pid), nice_and_policy("self")
-    except (OSError, ValueError, IndexError):
-        return False
-    return nice > own_nice or (policy_ in (3, 5) and policy_ != own_policy)
-
-
-def _schedstat(pid):
-    """(ns on a CPU, ns waiting on a run queue) summed over the threads of `pid`; None if gone."""
-    run = wait = 0
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                fields = f.read().split()
-            run, wait = run + int(fields[0]), wait + int(fields[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return run, wait
 
 
 class SandboxedExecute(OutputCaps, Execute):
@@ -517,76 +448,43 @@ class SandboxedExecute(OutputCaps, Execute):
         return report
 
     def _log_tail(self):
-        if self._kernel_log is None:
-            return ""
-        try:
-            fd = self._kernel_log.fileno()
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, 800, max(0, size - 800)).decode("utf-8", "replace").strip()
-        except (OSError, ValueError):
-            return ""
-        return f"; the kernel said: {tail}" if tail else ""
+        return log_tail(self._kernel_log)
 
     def _sandbox_root(self, km):
-        """/proc/<pid>/root of the sandbox's init (the child of the host-side bwrap)."""
-        proc = getattr(getattr(km, "provisioner", None), "process", None)
-        if proc is None:
-            return None
-        try:
-            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                children = f.read().split()
-        except OSError:
-            return None
-        if not children:
-            return None
-        root = f"/proc/{children[0]}/root"
-        try:  # a recycled pid would show the host's root: never read from there
-            here, there = os.stat("/"), os.stat(root)
-        except OSError:
-            return None
-        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
-            return None
-        self._init_pid = int(children[0])
+        """/proc/<pid>/root of the sandbox's init (sandbox_kernel.sandbox_root), remembering init's pid."""
+        root, init_pid = sandbox_root(km)
+        if init_pid is not None:
+            self._init_pid = init_pid
         return root
 
     def _find_kernel_pid(self):
-        """The kernel's pid on the host: the child of the sandbox's init (setpriv executed python there)."""
         if self._init_pid is None and self.km is not None:
             self._sandbox_root(self.km)
-        if self._init_pid is None:
-            return None
-        try:
-            with open(f"/proc/{self._init_pid}/task/{self._init_pid}/children") as f:
-                children = f.read().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
+        return kernel_pid(self._init_pid)
 
     def _load_sample(self):
-        """(wall s, sandbox CPU s or None, kernel (run ns, wait ns) or None)."""
-        cpu = self._cgroup.cpu_seconds() if self._cgroup is not None else None
-        return time.monotonic(), cpu, _schedstat(self._kernel_pid) if self._kernel_pid else None
+        return load_sample(self._cgroup, self._kernel_pid)
 
     def _starved(self):
-        """Was the sandbox starved of CPU by others since its kernel answered? (module docstring)"""
+        """Was the sandbox starved of CPU by others since its kernel answered? (sandbox_kernel.starved_by_others)"""
         if self._load0 is None:
             return False
         (w0, c0, s0), (w1, c1, s1) = self._load0, self._load_sample()
         if s0 is None or s1 is None:
             return False
-        ran, waited, wall = (s1[0] - s0[0]) / 1e9, (s1[1] - s0[1]) / 1e9, w1 - w0
-        busy_itself = c0 is not None and c1 is not None and (c1 - c0) >= 0.5 * wall
-        return (waited >= 0.25 * wall and waited > ran and not busy_itself
-                and not _lowered_own_priority(self._kernel_pid))
+        wall = w1 - w0
+        ran, waited = (s1[0] - s0[0]) / 1e9, (s1[1] - s0[1]) / 1e9
+        used = c1 - c0 if c0 is not None and c1 is not None else ran  # without cpuacct: the kernel's threads
+        lowered = lowered_own_priority(self._kernel_pid)
+        starved = starved_by_others(wall, ran, waited, used, lowered)
+        self.log.info("bngrade: CPU since the kernel answered: %.2f s wall, the kernel ran %.2f s and waited "
+                      "%.2f s, the sandbox used %.2f s%s: %s", wall, ran, waited, used,
+                      " (it lowered its own priority)" if lowered else "", "starved" if starved else "not starved")
+        return starved
 
     def _harvest(self, report):
         root, relative = self._results_at()
-        if root is None:
-            return
-        results, problems = read_results(root, relative, self.max_result_file_bytes, self.max_result_total_bytes)
-        if "" in problems and report["results"]:
-            return  # the sandbox is gone: keep what was read after the previous cell
-        report["results"], report["problems"] = results, problems
+        harvest(report, root, relative, self.max_result_file_bytes, self.max_result_total_bytes)
 
     async def _async_run(self, report, kwargs, budget):
         started = time.monotonic()
@@ -674,37 +572,11 @@ class SandboxedExecute(OutputCaps, Execute):
             await ensure_async(km.cleanup_resources())
 
     async def _async_wait_for_sandbox_end(self):
-        """Return once every process of the sandbox is gone (the pid namespace's init exits last)."""
         pid, self._init_pid = self._init_pid, None
-        deadline = time.monotonic() + 60
-        while pid is not None and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                        break
-            except OSError:
-                break
-            await asyncio.sleep(0.05)
-        if self._cgroup is not None:
-            self._cgroup.kill_all()
-        uid = self.sandbox_uid()
-        if uid > 0:  # belt and braces: nothing of this grader's sandbox uid may outlive the notebook
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        if os.stat(f"/proc/{entry}").st_uid == uid:
-                            os.kill(int(entry), 9)
-                            self.log.warning("bngrade: killed a leftover sandbox process %s", entry)
-                    except OSError:
-                        pass
+        await wait_for_sandbox_end(pid, self._cgroup, self.sandbox_uid(), self.log)
 
     def _mark_not_run(self, start, why, nb=None):
-        """An error output on every code cell from `start` on: it did not run (to completion)."""
-        for cell in (nb or self.nb).cells[start:]:
-            if cell.cell_type == "code" and cell.source.strip():
-                cell.setdefault("outputs", [])
-                cell.outputs.append(new_output("error", ename="NotRun", evalue=why,
-                                               traceback=[f"NotRun: {why}; this cell did not run to the end"]))
+        mark_not_run(nb or self.nb, start, why)
 
     # ------------------------------------------------------------------ nbclient hooks
     def _get_timeout(self, cell):
@@ -726,19 +598,10 @@ class SandboxedExecute(OutputCaps, Execute):
 
     def _close_ipc_dir(self):
         """Once the kernel has made its sockets, its IPC directory becomes the grader's: no student code has run
-        yet, and from now on it cannot create files there. On a descriptor opened without following links."""
+        yet, and from now on it cannot create files there."""
         if self.unsafe_run_without_sandbox or os.geteuid() != 0:
             return
-        run_fd = os.open(self._run_dir, _DIR)
-        try:
-            fd = os.open("ipc", _DIR, dir_fd=run_fd)
-            try:
-                os.fchown(fd, 0, 0)
-                os.fchmod(fd, 0o755)
-            finally:
-                os.close(fd)
-        finally:
-            os.close(run_fd)
+        close_ipc_dir(self._run_dir)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         self._cell_bytes, self._cell_dropped, self._flood_stopped = 0, 0, False

@@ -25,6 +25,17 @@ Rules, stated once (the notebooks' intros and assignments/README.md repeat them)
   not stored) and get a hint, once per cell.
   When the student's function raised, the line shows the exception and the
   student's own frames, nothing of the grader.
+* Hidden cases never reach feedback: once the kernel has been given a test
+  cell that lists hidden cases (the whole cell is in the kernel, `In[]` and
+  the caller's frames, before its first case runs), nothing the student's
+  code produces reaches the feedback as text, for any case, visible or hidden, in
+  that cell or a later one: no exception message, warning, frame, repr, shape
+  or error value. The line shows the case's mode and shapes (the grader's),
+  PASS or FAIL, and a category from a fixed list (the exception's type if a
+  built-in or numpy one, "wrong values", "wrong shape", ...), plus the
+  grader's fixed hints. Visible cases of test cells that run before any
+  hidden case keep their full messages, and so does a student's own run of
+  the visible tests at home (no hidden case there).
 """
 import base64
 import binascii
@@ -273,21 +284,28 @@ _KNOWN_ERRORS = frozenset({n for n, v in vars(builtins).items() if isinstance(v,
                              "CellTimeoutError", "NotRun", "DroppedReply", "MalformedReply", "DeadKernelError"})
 
 
-def _error_lines(error, hidden=False):
+WITHHELD_HIDDEN = "messages are not shown for hidden cases"
+WITHHELD_EXPOSED = ("messages are not shown once the hidden tests are in the kernel; run the visible tests "
+                    "in your own notebook to see them")
+
+
+def _error_lines(error, withheld=None):
     """(what the student's code raised, its frames) for a case's line.
 
-    A visible case shows the exception, its message and the student's own
-    frames. A hidden case shows only the exception's type (a built-in or
-    numpy one; any other class is named 'an exception of your own'): the
-    message, the repr of values and the frames are the student's own strings,
-    computed while the hidden case ran, and could carry it.
+    A case that ran before the kernel held any hidden case shows the
+    exception, its message and the student's own frames. Otherwise
+    (`withheld` says why) only the exception's type (a built-in or numpy one;
+    any other class is named 'an exception of your own'): the message, the
+    repr of values and the frames are the student's own strings, computed
+    when the kernel could read the hidden cases, and could carry them.
     """
     if not isinstance(error, dict):
         return "your code raised an error", []
-    if hidden:
+    if withheld:
         kind = error.get("type")
         kind = kind if isinstance(kind, str) and kind in _KNOWN_ERRORS else "an exception of your own"
-        return f"failed: your code raised {kind} (messages are not shown for hidden cases)", []
+        return f"failed: your code raised {kind}" + (" (not written yet?)" if kind == "NotImplementedError" else "") \
+            + f" ({withheld})", []
     kind, message = _clean(error.get("type"), 40), _clean(error.get("message"), 200)
     what = f"your code raised {kind}" + (f": {message}" if message else "")
     if kind == "NotImplementedError":
@@ -309,18 +327,20 @@ def _hidden_why(why):
     return "not a valid result"
 
 
-def _case_lines(check, seed, rec, tag, test_mode_works=False, hidden=False):
+def _case_lines(check, seed, rec, tag, test_mode_works=False, hidden=False, exposed=False):
     """(passed, lines, hints) for one case; the hints are not yet in the lines.
 
-    For a hidden case the line holds only the case's mode and shapes, PASS or
-    FAIL and a category: nothing the student's code wrote (see _error_lines).
+    For a hidden case, and for any case run once the kernel held hidden cases
+    (`exposed`), the line holds only the case's mode and shapes, PASS or FAIL
+    and a category: nothing the student's code wrote (see _error_lines).
     """
+    withheld = WITHHELD_HIDDEN if hidden else WITHHELD_EXPOSED if exposed else None
     inp = inputs(check, seed)
     what = tag + CHECKS[check].describe(inp)
     if rec is None:
         return False, _wrap(f"FAIL  {what}: no result (the test cell did not get to this case)"), []
     if rec.get("error") is not None:
-        message, where = _error_lines(rec["error"], hidden)
+        message, where = _error_lines(rec["error"], withheld)
         hints = _hints(check, inp, rec, [], test_mode_works)
         if isinstance(rec["error"], dict) and rec["error"].get("type") in ("ImportError", "ModuleNotFoundError") \
                 and any(m in str(rec["error"].get("message")) for m in ("bnkit", "torch")):
@@ -335,6 +355,7 @@ def _case_lines(check, seed, rec, tag, test_mode_works=False, hidden=False):
     hints = _hints(check, inp, rec, problems)
     if hidden:
         hints = [h for h in hints if not h.startswith(HINT_SHAPE.split("{")[0])]  # it quotes the student's shape
+    if withheld:  # (a visible case's shape hint stays: it shows the expected shape with 1s added or removed)
         return False, _wrap(f"FAIL  {what}: failed: {name}: {_hidden_why(why)}{more}"), hints
     warned = rec.get("warnings") if isinstance(rec.get("warnings"), list) else []
     notes = [f"note: your code warned: {_clean(w, 160)}" for w in warned[:1]]
@@ -347,7 +368,7 @@ GATE_FAILED = ("the case at scale did not pass, and this test counts its other c
                "limit")
 
 
-def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, context=None):
+def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, context=None, exposed=None):
     """Score one test cell from its results file.
 
     - cases: the trusted list [(check, seed), ...], from the source notebook;
@@ -361,10 +382,16 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, c
       lines say why (the grader's cell timeout, measured outside the
       kernel, is what a numerical derivative of the forward runs into);
     - context: a line about why results may be missing (the kernel's own
-      error in that cell, a timeout), shown when some are.
+      error in that cell, a timeout), shown when some are;
+    - exposed: had the kernel been given hidden cases when this cell began (this
+      cell's own, or an earlier test cell's)? Then no case's line holds text the
+      student's code produced (module docstring). None: this cell's own hidden
+      cases decide.
     Returns a CellVerdict.
     """
     cases = [(str(c), int(s)) for c, s in cases]
+    if exposed is None:
+        exposed = visible is not None and any(c not in visible for c in cases)
     lines, records, passed, given = [], {}, 0, set()
     if not cases:
         raise ValueError(f"{grade_id}: the test cell lists no cases")
@@ -391,7 +418,7 @@ def score_cell(grade_id, cases, points, data=None, problem=None, visible=None, c
             lines += _wrap(f"FAIL  {tag}{CHECKS[check].describe(inputs(check, seed))}")
             continue
         ok, case_lines, hints = _case_lines(check, seed, records.get((check, seed)), tag, test_mode_works,
-                                            hidden=bool(tag))
+                                            hidden=bool(tag), exposed=exposed)
         passed += ok
         if CHECKS[check].gate and not ok:
             gates_failed.append(check)

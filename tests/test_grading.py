@@ -59,11 +59,13 @@ def _record(spec, funcs, tmp_path, monkeypatch):
     return (tmp_path / f"{spec.grade_id}.json").read_bytes()
 
 
-def _score(name, grade_id, tmp_path, monkeypatch, edits=(), funcs=None):
+def _score(name, grade_id, tmp_path, monkeypatch, edits=(), funcs=None, exposed=None):
+    """exposed=False: the visible cases' lines as a cell run before any hidden case would show them."""
     cell = next(c for c in _test_cells(name) if _meta(c)["grade_id"] == grade_id)
     spec = verdict.parse_test_cell(cell.source)
     data = _record(spec, funcs or _functions(name, edits), tmp_path, monkeypatch)
-    return verdict.score_cell(grade_id, spec.cases, _meta(cell)["points"], data=data, visible=spec.visible)
+    return verdict.score_cell(grade_id, spec.cases, _meta(cell)["points"], data=data, visible=spec.visible,
+                              exposed=exposed)
 
 
 # ---------------------------------------------------------------- the notebooks
@@ -126,7 +128,7 @@ def test_partial_credit_is_split_over_the_cases(tmp_path, monkeypatch):
 
 
 def test_one_line_per_case_with_parameters_never_the_seed(tmp_path, monkeypatch):
-    result = _score(FWD, "test_running_stats", tmp_path, monkeypatch, BIASED)
+    result = _score(FWD, "test_running_stats", tmp_path, monkeypatch, BIASED, exposed=False)
     case_lines = [line for line in result.lines if line.startswith(("PASS", "FAIL"))]
     assert len(case_lines) == 4 and all(line.startswith("FAIL") for line in case_lines)
     assert sum("(hidden)" in line for line in case_lines) == 3
@@ -167,7 +169,8 @@ def test_a_correct_notebook_gets_no_hint_and_dparams_shape_hint_in_backward(tmp_
 
 
 def test_a_raising_function_shows_the_exception_and_only_the_students_frames(tmp_path, monkeypatch):
-    result = _score(FWD, "test_train_output", tmp_path, monkeypatch, [("mu = x.mean(axis=0)", "mu = x.mean(axis=2)")])
+    result = _score(FWD, "test_train_output", tmp_path, monkeypatch, [("mu = x.mean(axis=0)", "mu = x.mean(axis=2)")],
+                    exposed=False)
     text = "\n".join(result.lines)
     assert "AxisError" in text and "in batchnorm_forward" in text and result.score == 0
     assert "bngrade" not in text and "harness" not in text and "numpy" not in text.replace("numpy.", "")
@@ -191,8 +194,9 @@ def _good_payload(tmp_path, monkeypatch, funcs=None):
 
 
 def _verdict(payload=None, data=None, **kw):
+    """The visible case's line as a cell run before any hidden case shows it (exposed=False), unless told."""
     data = json.dumps(payload).encode() if payload is not None else data
-    return verdict.score_cell("test_x", CASES, 3, data=data, visible={CASES[0]}, **kw)
+    return verdict.score_cell("test_x", CASES, 3, data=data, visible={CASES[0]}, **{"exposed": False, **kw})
 
 
 def test_results_written_by_the_harness_score_full_marks(tmp_path, monkeypatch):
@@ -524,7 +528,8 @@ def test_round_trip_feedback_shows_lines_and_no_hidden_source(round_trip):
     nb = json.loads((d / "autograded" / "axis_error" / FWD / f"{FWD}.ipynb").read_text())
     cell = next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_train_output")
     text = "".join(cell["outputs"][0]["text"])
-    assert "AxisError" in text and "in batchnorm_forward: mu = x.mean(axis=2)" in text, text
+    # its frames and message are withheld: the test cell's hidden cases were in the kernel (verdict.py)
+    assert "AxisError" in text and "mu = x.mean(axis=2)" not in text, text
     assert "numpy/" not in text and "bngrade" not in text and "harness" not in text, text
 
 
@@ -574,3 +579,57 @@ def test_course_config_scores_outside_the_kernel_before_grades_are_saved():
     assert sanitize.index("RestoreMissingCells") < sanitize.index("OverwriteCells")
     names = [p.__name__ for p in c.GenerateFeedback.preprocessors]
     assert "ClearHiddenTests" in names and "ScrubHiddenTestsFromOutputs" in names
+
+
+# ---------------------------------------------------------------- hidden cases never reach feedback
+
+LEAK = "LEAKED-1871-40417"
+
+
+@pytest.mark.parametrize("edits, shown", [
+    ([("    mode = bn_param.get(", f"    raise ValueError({LEAK!r})\n    mode = bn_param.get(")],
+     "failed: your code raised ValueError"),
+    ([("    mode = bn_param.get(", f"    import warnings\n    warnings.warn({LEAK!r})\n"
+       "    return x[:1] * 1871.40417, None\n    mode = bn_param.get(")], "failed: out: wrong shape"),
+    ([("    mode = bn_param.get(", "    return x * 1871.40417, {}\n    mode = bn_param.get(")],
+     "failed: out: wrong values"),
+])
+def test_once_the_kernel_holds_hidden_cases_no_student_text_reaches_a_visible_line(edits, shown, tmp_path,
+                                                                                    monkeypatch):
+    """A visible case of a cell that lists hidden cases ran when the kernel could read them (In[], the caller's
+    frame): its message, warning, frames, shape and error value are withheld; type and category remain."""
+    exposed = _score(FWD, "test_train_output", tmp_path, monkeypatch, edits)
+    text = "\n".join(exposed.lines)
+    flat = text.replace("\n      ", " ")
+    assert shown in flat and ("raised" not in shown or "not shown once the hidden tests are in the kernel" in flat)
+    for leak in (LEAK, "1871", "40417", "(1, 7)", "relative error", "line "):
+        assert leak not in text, (leak, text)
+    before = "\n".join(_score(FWD, "test_train_output", tmp_path, monkeypatch, edits, exposed=False).lines)
+    before = before.replace("\n      ", " ")
+    assert (LEAK in before) or ("relative error" in before) or ("(1, 7)" in before)  # the check is not vacuous
+
+
+def test_a_later_test_cell_without_hidden_cases_is_still_exposed(tmp_path, monkeypatch):
+    """ScoreOutsideKernel: exposure runs on from the first test cell that lists hidden cases."""
+    raising = _functions(FWD, [("    mode = bn_param.get(", f"    raise ValueError({LEAK!r})\n"
+                                                            "    mode = bn_param.get(")])
+
+    def graded_text(drop_earlier_tests):
+        nb = _notebook(FWD)
+        tests = [c for c in nb.cells if c in _test_cells_of(nb)]
+        last = tests[-1]
+        last.source = "\n".join(line for line in last.source.split("\n")
+                                if "cases +=" not in line and "HIDDEN TESTS" not in line)
+        if drop_earlier_tests:
+            nb.cells = [c for c in nb.cells if c not in tests[:-1]]
+        spec = verdict.parse_test_cell(last.source)
+        results = {spec.grade_id + ".json": _record(spec, raising, tmp_path, monkeypatch)}
+        ScoreOutsideKernel().preprocess(nb, {"bngrade_results": results, "bngrade_execution": {}})
+        return "".join(o.get("text", "") for o in last.outputs)
+
+    assert LEAK not in graded_text(drop_earlier_tests=False)  # earlier cells listed hidden cases
+    assert LEAK in graded_text(drop_earlier_tests=True)  # none before it: the visible message is shown
+
+
+def _test_cells_of(nb):
+    return [c for c in nb.cells if _meta(c).get("grade") and c.cell_type == "code" and not _meta(c).get("solution")]
