@@ -32,6 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import catalogue  # noqa: E402
+from bngrade import COURSE_CONFIG  # noqa: E402
 from bngrade.autograde import gradebook_scores as scores, table  # noqa: E402,F401 (one grade table)
 
 ASSIGNMENTS = ["bn_forward", "bn_backward_graph", "bn_backward_fast", "bn_spatial_layernorm"]
@@ -74,7 +75,8 @@ def copy_course(dest):
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copy(HERE / "nbgrader_config.py", dest)
+    for name in COURSE_CONFIG:  # the .json is the guard: without the sandbox, autograde refuses
+        shutil.copy(HERE / name, dest)
     shutil.copytree(HERE / "source", dest / "source")
     return dest
 

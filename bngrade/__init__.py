@@ -29,3 +29,7 @@ the verdict locally and prints it, so the visible tests answer at home.
 
 This file imports nothing: the sandbox exposes only `cases` and `harness`.
 """
+
+# A course's config: every copy of a course (scratch, pack, hub) takes both files; the .json is
+# the guard that makes autograde refuse to run unsandboxed when the .py fails (`sandbox_guard`).
+COURSE_CONFIG = ("nbgrader_config.py", "nbgrader_config.json")

@@ -137,6 +137,7 @@ def grade_one(course, assignment, student, out, gradebook=None):
     student do not grow with the class. Its gradebook, holding the rows nbgrader wrote for this one
     student, is kept as out/student/assignment/gradebook.db for the merge.
     """
+    from bngrade import COURSE_CONFIG
     from bngrade.unit import blank_gradebook, publish_result, submission_digest
 
     course, out = Path(course).resolve(), Path(out).resolve()
@@ -145,13 +146,14 @@ def grade_one(course, assignment, student, out, gradebook=None):
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for need in ("nbgrader_config.py", "gradebook.db", f"source/{assignment}", f"submitted/{student}/{assignment}"):
+    for need in (*COURSE_CONFIG, "gradebook.db", f"source/{assignment}", f"submitted/{student}/{assignment}"):
         if not (course / need).exists():
             raise SystemExit(f"{course / need} is missing (run `nbgrader generate_assignment {assignment}` first?)")
     digest = submission_digest(course, assignment, student)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{student}-"))
     try:
-        shutil.copy(course / "nbgrader_config.py", scratch)
+        for name in COURSE_CONFIG:
+            shutil.copy(course / name, scratch)
         if gradebook:
             shutil.copy(gradebook, scratch / "gradebook.db")
         else:

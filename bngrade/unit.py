@@ -39,6 +39,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bngrade import COURSE_CONFIG
 from bngrade.sandbox_files import copy_given_files
 
 MAX_RESULT_BYTES = 64 << 20
@@ -111,18 +112,20 @@ def blank_gradebook(course, dest):
 
 
 def pack_assignment(course, assignment):
-    """The assignment pack: nbgrader_config.py, source/A, a gradebook without students (bytes)."""
+    """The assignment pack: nbgrader_config.py/.json, source/A, a gradebook without students (bytes)."""
     course = Path(course)
-    for need in ("nbgrader_config.py", "gradebook.db", f"source/{assignment}"):
+    for need in (*COURSE_CONFIG, "gradebook.db", f"source/{assignment}"):
         if not (course / need).exists():
             raise SystemExit(f"{course / need} is missing (run `nbgrader generate_assignment {assignment}` first?)")
     with tempfile.TemporaryDirectory(prefix="bngrade-pack-") as tmp:
         tmp = Path(tmp)
-        shutil.copy(course / "nbgrader_config.py", tmp)
+        for name in COURSE_CONFIG:
+            shutil.copy(course / name, tmp)
         blank_gradebook(course, tmp / "gradebook.db")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-            tar.add(tmp / "nbgrader_config.py", "nbgrader_config.py")
+            for name in COURSE_CONFIG:
+                tar.add(tmp / name, name)
             tar.add(tmp / "gradebook.db", "gradebook.db")
             _add_tree(tar, course / "source" / assignment, f"source/{assignment}")
         return buf.getvalue()
@@ -185,7 +188,7 @@ def grade_pack(assignment_pack, submission_pack, assignment, student):
     with tempfile.TemporaryDirectory(prefix=f"bngrade-unit-{student}-") as tmp:
         course, out = Path(tmp) / "course", Path(tmp) / "out"
         course.mkdir()
-        for name in ("nbgrader_config.py", "gradebook.db"):
+        for name in (*COURSE_CONFIG, "gradebook.db"):
             shutil.copy(base / name, course / name)
         (course / "source").mkdir()
         os.symlink(base / "source" / assignment, course / "source" / assignment)

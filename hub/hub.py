@@ -237,6 +237,9 @@ def ensure_roles(s):
     (instructor / "nbgrader_config.py").write_text(
         common + f"load_subconfig({str(course / 'nbgrader_config.py')!r})\n"
                  f"c.CourseDirectory.root = {str(course)!r}\n")
+    # The guard beside it: nbgrader loads a config dir's .json even when its .py fails, so the
+    # formgrader's Autograde button refuses to grade unsandboxed (bngrade.sandbox_guard).
+    shutil.copy2(REPO / "assignments" / "nbgrader_config.json", instructor / "nbgrader_config.json")
     run(["chmod", "-R", "a+rX,go-w", s.roles])
 
 
@@ -256,7 +259,9 @@ def ensure_course(s, users):
         say(f"course directory {course} (owner {s.instructor}, mode 700)")
         course.mkdir(exist_ok=True)
         shutil.copytree(REPO / "assignments" / "source", course / "source", dirs_exist_ok=True)
-        shutil.copy2(REPO / "assignments" / "nbgrader_config.py", course / "nbgrader_config.py")
+        # bngrade.COURSE_CONFIG: the .json makes autograde refuse to run unsandboxed (bngrade.sandbox_guard)
+        for name in ("nbgrader_config.py", "nbgrader_config.json"):
+            shutil.copy2(REPO / "assignments" / name, course / name)
         run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", course])
         os.chmod(course, 0o700)
     nbgrader = [s.venv / "bin" / "nbgrader"]
