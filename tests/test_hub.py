@@ -10,7 +10,9 @@ test-artifacts/hub/. Needs root (accounts, PAM) and /usr/bin/chromium.
   right; one with a bug and an `import importlib` the grader's code review
   reports), run the visible tests, validate, submit; the instructor collects,
   autogrades with the formgrader's button (7 / 9, 5 / 9), grades both written
-  answers by hand (the integrity report is on student2's page), generates and
+  answers by hand (the integrity report is on student2's page, whose answer
+  hides an onerror image, a script and a javascript: link: none runs there or
+  in the feedback), generates and
   releases feedback, downloads the grades CSV (9 and 6); each student fetches
   their feedback, opens it from the Assignments tab and reads their own score
   (test cells 7 / 7 and 5 / 7), not the other's.
@@ -221,7 +223,15 @@ def expand_fetched(page):
     return panel
 
 
-def student_works(page, name, code, tag, expect_fail):
+ANSWER = ("In training the batch's own mean and variance normalise it; at test time a single "
+          "example has no batch, so the running averages are used instead.")
+# student2 also hides active content in the answer: it must stay inert in the instructor's formgrader
+# and in the feedback (bngrade.safe_html), read through the hub like any page
+HOSTILE_ANSWER = ANSWER + (' <img src="x" onerror="window.pwned = 1"> <script>window.pwned = 2</script>'
+                           ' <a href="javascript:window.pwned = 3">more</a>')
+
+
+def student_works(page, name, code, tag, expect_fail, answer=ANSWER):
     open_assignments(page)
     row = page.locator("#released_assignments_list .list_item", has_text="bn_forward")
     row.wait_for()
@@ -243,8 +253,7 @@ def student_works(page, name, code, tag, expect_fail):
     answer.dblclick()
     answer.locator(".cm-content").click()
     page.keyboard.press("Control+a")
-    page.keyboard.insert_text("In training the batch's own mean and variance normalise it; at test time a single "
-                              "example has no batch, so the running averages are used instead.")
+    page.keyboard.insert_text(answer)
     shot(page, f"{tag}-03-edited")
     # run everything (the visible tests run on the student's own server), then save
     page.get_by_role("menuitem", name="Run").click()
@@ -299,6 +308,16 @@ def grade_written_answer(page, points):
     page.wait_for_function(f"() => document.getElementById('train_eval_answer').value === '{points}'")
 
 
+def assert_inert(page, where):
+    """No student script ran on this page, and the answer's handlers and script are gone from it."""
+    assert "running averages are used instead" in page.locator("body").inner_text(), where  # the answer is shown
+    page.wait_for_timeout(500)  # an onerror fires once the broken image fails to load
+    ran = page.evaluate("() => window.pwned")
+    left = page.evaluate("() => [...document.querySelectorAll('[onerror], a[href^=\"javascript:\"]')].length"
+                         " + [...document.scripts].filter(s => s.textContent.includes('pwned')).length")
+    assert ran is None and left == 0, (where, ran, left)
+
+
 def close_modal(page):
     modal = page.locator("#success-modal, #error-modal").first  # nbgrader's utils.js createModal
     modal.wait_for(timeout=LONG)
@@ -314,7 +333,7 @@ def test_course_cycle_in_the_browser(hub, browser):
     ctx1, p1 = login(browser, hub, s1, "student1")
     student_works(p1, s1, CORRECT, "student1", expect_fail=False)
     ctx2, p2 = login(browser, hub, s2, "student2")
-    student_works(p2, s2, BUGGY, "student2", expect_fail=True)
+    student_works(p2, s2, BUGGY, "student2", expect_fail=True, answer=HOSTILE_ANSWER)
 
     # --- the instructor, in the formgrader
     ctxi, pi = login(browser, hub, hub.instructor, "instructor")
@@ -354,6 +373,7 @@ def test_course_cycle_in_the_browser(hub, browser):
     assert "importlib" in evidence and "not in the student's feedback" in evidence, evidence
     report.scroll_into_view_if_needed()
     shot(pi, "instructor-05-integrity-evidence-student2")
+    assert_inert(pi, "student2's submission in the formgrader")
     grade_written_answer(pi, 1)
     shot(pi, "instructor-06-manual-grade-student2")
     # the manual scores are saved: the formgrader's own totals
@@ -413,6 +433,8 @@ def test_course_cycle_in_the_browser(hub, browser):
         assert f"(Score: {total} / 9.0)" in body, body[:2000]
         assert "PASS" in body and "BEGIN HIDDEN TESTS" not in body
         assert other not in body
+        if name == s2:
+            assert_inert(fb, "student2's feedback")
         # and the other student's feedback is out of reach of this session
         r = page.request.get(hub.url + f"user/{other}/files/{folder}/bn_forward.html")
         assert r.status in (403, 404) or "Score:" not in r.text(), r.status
