@@ -248,10 +248,10 @@ def student_works(page, name, code, tag, expect_fail, answer=ANSWER):
     page.keyboard.press("Control+a")
     page.keyboard.insert_text(code)
     # the written answer (a markdown cell: double-click to edit)
-    answer = page.locator(".jp-NotebookPanel .jp-MarkdownCell", has_text="YOUR ANSWER HERE").first
-    answer.scroll_into_view_if_needed()
-    answer.dblclick()
-    answer.locator(".cm-content").click()
+    answer_cell = page.locator(".jp-NotebookPanel .jp-MarkdownCell", has_text="YOUR ANSWER HERE").first
+    answer_cell.scroll_into_view_if_needed()
+    answer_cell.dblclick()
+    answer_cell.locator(".cm-content").click()
     page.keyboard.press("Control+a")
     page.keyboard.insert_text(answer)
     shot(page, f"{tag}-03-edited")
