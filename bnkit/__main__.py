@@ -22,7 +22,10 @@ def main(argv=None) -> int:
     b.add_argument("--layout", action="append", choices=["nd", "nchw", "nhwc"],
                    help="only this layout (repeatable)")
     b.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
-    b.add_argument("--repeat", type=int, help="timed runs per measurement on the CPU")
+    b.add_argument("--repeat", type=int, help="timed runs per measurement on the CPU (then no minimum time)")
+    b.add_argument("--processes", type=int, default=3, metavar="N",
+                   help="fresh processes of each kind (no torch, torch imported) timing the numpy code on "
+                        "the CPU; the median process's figures are kept (default 3)")
     b.add_argument("--show", action="append", metavar="IMPL",
                    help="print only these implementations in the final table (all are measured)")
     b.add_argument("--full-shapes", action="store_true", help="with --quick: quick timing, full shapes")
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
 
         m, r = bench.run(device, quick=args.quick, shapes=shapes, dtypes=dtypes or None,
                          impls=args.impl, compile_=not args.no_compile, repeat=args.repeat,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, fresh_processes=args.processes)
         meta[device], rows = m, rows + r
     if not rows:
         print("nothing was measured", file=sys.stderr)

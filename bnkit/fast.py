@@ -115,18 +115,85 @@ def _mean_of_product(a, b, axes):
 _PAGE = 4096
 
 
+def _placed(size: int, dtype, big: np.ndarray) -> np.ndarray:
+    """An empty 1-D array of `size` whose address is half a page (2 KiB) from
+    big's, modulo 4 KiB."""
+    pad = _PAGE // np.dtype(dtype).itemsize
+    buf = np.empty(size + pad, dtype=dtype)
+    start = ((big.ctypes.data + _PAGE // 2 - buf.ctypes.data) % _PAGE) // buf.itemsize
+    return buf[start:start + size]
+
+
 def _apart(v: np.ndarray, big: np.ndarray) -> np.ndarray:
     """v, copied so that its address is half a page (2 KiB) from big's,
     modulo 4 KiB; the same values and shape. Cheap: v holds C values."""
     v = np.asarray(v)
     if v.size * 4 > big.size:  # not a small broadcast operand
         return v
-    pad = _PAGE // v.itemsize
-    buf = np.empty(v.size + pad, dtype=v.dtype)
-    start = ((big.ctypes.data + _PAGE // 2 - buf.ctypes.data) % _PAGE) // v.itemsize
-    out = buf[start:start + v.size].reshape(v.shape)
+    out = _placed(v.size, v.dtype, big).reshape(v.shape)
     out[...] = v
     return out
+
+
+# How the elementwise passes meet a per-channel vector. numpy's inner loop
+# runs along the last axis; with a (1, C, 1, 1) vector broadcast against NCHW
+# that loop is only H*W long and takes the slow broadcasting path, about twice
+# the time of a plain contiguous pass (measured on (32, 64, 28, 28) float64:
+# 1.5 ms against 0.8 ms for the same multiply). So batch norm's passes see x
+# as 2-D rows of at least `_ROW` elements, and each per-channel vector is
+# tiled into one such row: every pass is then a contiguous row-by-row loop.
+_ROW = 4096
+
+
+class _Rows(NamedTuple):
+    """x-sized arrays as (rows, L), each row holding `reps` blocks of
+    (C, after) values; a per-channel vector tiled the same way fills a row."""
+
+    rows: int
+    reps: int
+    after: int
+
+    def view(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(self.rows, -1)
+
+    def spread(self, v: np.ndarray, near: np.ndarray) -> np.ndarray:
+        """v (C values) as one (1, L) row, half a page from `near` (`_apart`)."""
+        row = _placed(near.size // self.rows, v.dtype, near)
+        row.reshape(self.reps, v.size, self.after)[...] = v.reshape(1, -1, 1)
+        return row[None, :]
+
+
+def _rows_for(a: np.ndarray, vshape: Tuple[int, ...]) -> Optional[_Rows]:
+    """The row layout for a contiguous `a` combined with per-channel vectors
+    of keepdims shape `vshape` (one kept axis); None when they are not per
+    channel (layer, instance, group norm) or x is too short to give at least
+    four rows (then the plain broadcast is used)."""
+    kept = [i for i, s in enumerate(vshape) if s != 1]
+    if len(kept) != 1 or len(vshape) != a.ndim or not a.flags.c_contiguous:
+        return None
+    k = kept[0]
+    before, after = int(np.prod(a.shape[:k])), int(np.prod(a.shape[k + 1:]))
+    reps = 1
+    while reps * a.shape[k] * after < _ROW and before % (2 * reps) == 0 and before // (2 * reps) >= 4:
+        reps *= 2
+    return _Rows(before // reps, reps, after) if before // reps >= 4 else None
+
+
+def _channel_sums(dout: np.ndarray, xhat: np.ndarray, shape: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    """(dbeta, dgamma): dout and dout * xhat summed to `shape` (gamma's).
+
+    With the channel axis last ((N, D) and channels-last), einsum over the
+    (before, C, 1) view runs inner loops of length 1; adding whole rows of
+    the row layout first, then folding the row into C values, is faster
+    (measured on (32, 28, 28, 64) float32: 0.14 + 0.26 ms against
+    0.29 + 0.40 ms)."""
+    rows = _rows_for(xhat, shape) if dout.shape == xhat.shape and dout.flags.c_contiguous else None
+    if rows is None or rows.after != 1:
+        return _sum_to(dout, shape), _dot_to(dout, xhat, shape)
+    d2, x2 = rows.view(dout), rows.view(xhat)
+    fold = (rows.reps, -1)
+    return (np.add.reduce(d2, axis=0).reshape(fold).sum(axis=0).reshape(shape),
+            np.einsum("ij,ij->j", d2, x2).reshape(fold).sum(axis=0).reshape(shape))
 
 
 def centre(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
@@ -173,10 +240,18 @@ def normalize_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axes: 
         mu, var = stats
         xc = x - mu
     inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = np.multiply(xc, _apart(inv_std, xc), out=xc)
-    out = np.empty_like(xhat, dtype=np.result_type(xhat, gamma, beta))
-    np.multiply(xhat, _apart(gamma, out), out=out)
-    out += _apart(beta, out)
+    out = np.empty_like(xc, dtype=np.result_type(xc, gamma, beta))
+    rows = _rows_for(xc, inv_std.shape) if inv_std.shape == gamma.shape == beta.shape else None
+    if rows is not None:  # per channel: contiguous passes over rows
+        x2, o2 = rows.view(xc), rows.view(out)
+        np.multiply(x2, rows.spread(inv_std, x2), out=x2)
+        np.multiply(x2, rows.spread(gamma, o2), out=o2)
+        o2 += rows.spread(beta, o2)
+    else:
+        np.multiply(xc, _apart(inv_std, xc), out=xc)
+        np.multiply(xc, _apart(gamma, out), out=out)
+        out += _apart(beta, out)
+    xhat = xc  # normalised in place
     m = int(np.prod([x.shape[a] for a in axes]))
     return out, NormCache(xhat, gamma, inv_std, axes, m, batch), (mu, var)
 
@@ -191,8 +266,7 @@ def normalize_backward(dout: np.ndarray, cache: NormCache) -> Tuple[np.ndarray, 
     shape.
     """
     xhat, gamma, inv_std, axes, m, batch = cache
-    dbeta = _sum_to(dout, gamma.shape)
-    dgamma = _dot_to(dout, xhat, gamma.shape)
+    dbeta, dgamma = _channel_sums(dout, xhat, gamma.shape)
     if not batch:  # constant statistics: a per-channel affine map
         dx = np.empty_like(dout, dtype=np.result_type(dout, gamma, inv_std))
         return np.multiply(dout, _apart(gamma * inv_std, dx), out=dx), dgamma, dbeta
@@ -203,10 +277,19 @@ def normalize_backward(dout: np.ndarray, cache: NormCache) -> Tuple[np.ndarray, 
         # in place in one fresh array (large temporaries cost page faults),
         # the per-channel vectors half a page from it (see `_apart`)
         dx = np.empty_like(xhat, dtype=np.result_type(xhat, sum_dout_xhat))
-        np.multiply(xhat, _apart(sum_dout_xhat / m, dx), out=dx)
-        dx += _apart(sum_dout / m, dx)
-        np.subtract(dout, dx, out=dx)
-        dx *= _apart(gamma * inv_std, dx)
+        a, b, c = sum_dout_xhat / m, sum_dout / m, gamma * inv_std
+        same = a.shape == b.shape == c.shape and dout.flags.c_contiguous and xhat.flags.c_contiguous
+        rows = _rows_for(dx, a.shape) if same else None
+        if rows is not None:  # per channel (batch norm): contiguous passes over rows
+            d2, x2, dx2 = rows.view(dout), rows.view(xhat), rows.view(dx)
+            a, b, c = (rows.spread(v, dx2) for v in (a, b, c))
+        else:
+            d2, x2, dx2 = dout, xhat, dx
+            a, b, c = (_apart(v, dx) for v in (a, b, c))
+        np.multiply(x2, a, out=dx2)
+        dx2 += b
+        np.subtract(d2, dx2, out=dx2)
+        dx2 *= c
     else:  # gamma varies inside a group (group norm): the general form
         dxhat = dout * gamma
         dx = inv_std * (

@@ -35,7 +35,7 @@ def test_numpy_implementations_agree_with_each_other():
 
 def test_run_reports_every_field():
     pytest.importorskip("torch", reason="torch is not installed: no torch-native reference")
-    meta, rows = bench.run("cpu", quick=True, shapes=TINY, repeat=2,
+    meta, rows = bench.run("cpu", quick=True, shapes=TINY, repeat=2, fresh_processes=2,
                            impls=["staged-numpy", "fast-numpy", "torch-native", "bnkit-torch"])
     for key in ("device_name", "date", "numpy", "torch", "copy_GBps"):
         assert meta[key]
@@ -49,10 +49,13 @@ def test_run_reports_every_field():
     assert {r["process"] for r in numpy_rows} == {bench.NUMPY_ONLY, bench.TORCH_IMPORTED}
     assert {r["process"] for r in rows if not r["impl"].endswith("numpy")} == {bench.TORCH_IMPORTED}
     assert all(r["rel_err_vs_native"] is not None for r in numpy_rows)  # the children computed what we did
-    for r in numpy_rows:  # fast against staged, in the same process
+    for r in numpy_rows:  # fast against staged, side by side in the same process
         staged_row = next(s for s in numpy_rows if s["impl"] == "staged-numpy" and s["process"] == r["process"]
                           and all(s[k] == r[k] for k in ("layout", "shape", "dtype", "pass")))
-        assert r["vs_staged"] == pytest.approx(staged_row["median_ms"] / r["median_ms"])
+        assert staged_row["rounds"] == r["rounds"] >= 2  # the same rounds
+        assert len(r["vs_staged_all"]) == len(r["median_ms_all"]) == 2  # one figure per fresh process
+        assert r["faults_per_call"] >= 0
+        assert r["vs_staged"] > 0 and (r["impl"] != "staged-numpy" or r["vs_staged"] == 1.0)
         assert r["timing"] == "process_time" and r["wall_median_ms"] > 0
     for r in rows:
         es = r["elements"] * r["itemsize"]
@@ -71,7 +74,7 @@ def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(bench, "QUICK_SHAPES", TINY)
     out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
     assert main(["bench", "--quick", "--impl", "fast-numpy", "--impl", "staged-numpy", "--repeat", "2",
-                 "--dtype", "float32", "--json", str(out_json), "--csv", str(out_csv)]) == 0
+                 "--processes", "1", "--dtype", "float32", "--json", str(out_json), "--csv", str(out_csv)]) == 0
     data = json.loads(out_json.read_text())
     assert {r["impl"] for r in data["results"]} == {"fast-numpy", "staged-numpy"}
     assert data["meta"]["device"] == "cpu" and data["meta"]["numpy"] == np.__version__
@@ -84,8 +87,9 @@ def test_cli_writes_json_and_csv(tmp_path, monkeypatch, capfd):
     assert table_lines[0].split()[:5] == ["layout", "shape", "dtype", "impl", "pass"]
     assert len(table_lines) == 1 + len(data["results"])  # stdout: the table and nothing else
     # stderr: the progress of every measurement, in both fresh processes where
-    # torch is installed, then where the files went
-    total = len(TINY) * 2
+    # torch is installed (one step per shape and dtype: the two implementations
+    # are timed side by side), then where the files went
+    total = len(TINY)
     kinds = [bench.NUMPY_ONLY] + ([bench.TORCH_IMPORTED] if "torch" in sys.modules else [])
     for kind in kinds:
         assert f"[{kind} 1/{total}]" in captured.err and f"[{kind} {total}/{total}]" in captured.err
@@ -151,6 +155,47 @@ def test_the_fresh_processes_import_torch_or_not_as_named(kind):
     fwd, bwd = bench.numpy_impl(bench.fast, bench.numpy_case("nd", (64, 8), dtype="float64"))
     from bnkit.bench.numpy_process import digest
     assert res["digests"] == [digest(fwd()), digest(bwd())]
+
+
+def test_side_by_side_timing_takes_turns_and_divides_round_by_round():
+    """The numpy implementations are timed in turns (a slow spell of a shared
+    machine falls on both), and vs_staged is the median of per-round ratios."""
+    from bnkit.bench.timing import cpu_times_side_by_side, paired_ratio
+
+    calls = []
+    out = cpu_times_side_by_side([lambda: calls.append("a"), lambda: calls.append("b")], repeat=4, min_time=0.0,
+                                 block=0.0)
+    # each block: one untimed call (it pays for the other's heap), then the timed ones
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"] * 2
+    assert [len(t["rounds"]) for t in out] == [4, 4] and all(len(t["cpu"]) == len(t["wall"]) == 4 for t in out)
+    # a spell that slows both sides of round 2 fourfold leaves the ratio at 2
+    assert paired_ratio([2.0, 2.0, 8.0], [1.0, 1.0, 4.0]) == 2.0
+    assert paired_ratio([4.0, 9.0, 3.0], [1.0, 3.0, 3.0]) == 3.0  # the median, not a mean
+    with pytest.raises(ValueError):
+        paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_the_median_process_is_kept_and_the_others_shown():
+    """Each kind of fresh process runs several times; every row is the median
+    process's own row, with each process's figure beside it."""
+    from bnkit.bench.driver import median_process
+
+    def run(staged_ms, fast_ms):
+        row = dict(median_ms=fast_ms, vs_staged=staged_ms / fast_ms)
+        return {("nd", "8x8", "float64", "staged-numpy"): dict(rows=[dict(median_ms=staged_ms, vs_staged=1.0)],
+                                                                digests=["s"]),
+                ("nd", "8x8", "float64", "fast-numpy"): dict(rows=[row], digests=["f"])}
+
+    merged = median_process([run(12.0, 3.0), run(12.0, 12.0), run(10.0, 2.0)])  # ratios 4, 1 (an odd process), 5
+    fast_row, = merged[("nd", "8x8", "float64", "fast-numpy")]["rows"]
+    assert fast_row["vs_staged"] == 4.0 and fast_row["median_ms"] == 3.0
+    assert fast_row["vs_staged_all"] == [4.0, 1.0, 5.0]
+    staged_row, = merged[("nd", "8x8", "float64", "staged-numpy")]["rows"]
+    assert staged_row["median_ms"] == 12.0 and staged_row["median_ms_all"] == [12.0, 12.0, 10.0]
+    bad = run(12.0, 3.0)
+    bad[("nd", "8x8", "float64", "fast-numpy")]["digests"] = ["other"]
+    with pytest.raises(RuntimeError, match="different outputs"):
+        median_process([run(12.0, 3.0), bad])
 
 
 def test_fast_keeps_its_vectors_half_a_page_from_the_big_arrays():

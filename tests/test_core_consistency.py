@@ -260,3 +260,50 @@ def test_caches_are_named_and_read_as_the_book_reads_them():
     assert list(cache_s) == [getattr(cache_s, f) for f in cache_s._fields]
     _, cache_n = norms.layernorm_forward(x, np.ones(3), np.zeros(3))
     assert cache_n.core.xhat.shape == x.shape and cache_n.param_shape == (3,)
+
+
+@pytest.mark.parametrize("shape, axis", [
+    ((64, 24), 1),            # (N, D): rows of 2 samples
+    ((9, 24), 1),             # N odd: one sample per row
+    ((8, 3, 5, 7), 1),        # NCHW
+    ((16, 5, 6, 3), -1),      # channels-last
+    ((3, 4, 5, 5), 1),        # under four rows: the plain broadcast
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_row_layout_gives_the_bits_of_the_plain_broadcast(shape, axis, dtype, monkeypatch):
+    """bnkit.fast runs batch norm's elementwise passes over rows, with the
+    per-channel vectors tiled into a row (`fast._rows_for`): the same
+    operations on the same values, so the same bits as broadcasting the
+    (1, C, 1, 1) vectors. Its per-channel sums (`fast._channel_sums`) add
+    rows first when the channel axis is last: the sums of np.sum, to rounding."""
+    from bnkit import fast
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+
+    def both():
+        out, cache = fast.batchnorm_forward(x, gamma, beta, {"mode": "train"}, axis=axis)
+        return (out, *fast.batchnorm_backward(dout, cache))
+
+    other_axes = tuple(i for i in range(len(shape)) if i != axis % len(shape))
+    _, cache = fast.batchnorm_forward(x, gamma, beta, {"mode": "train"}, axis=axis)
+    dbeta, dgamma = fast._channel_sums(dout, cache.core.xhat, cache.core.gamma.shape)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dbeta.reshape(-1), dout.sum(axis=other_axes), rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(dgamma.reshape(-1), (dout * cache.core.xhat).sum(axis=other_axes),
+                               rtol=tol, atol=tol * 10)
+
+    # the elementwise passes alone: the same sums on both sides
+    monkeypatch.setattr(fast, "_channel_sums", lambda d, xh, shp: (fast._sum_to(d, shp), fast._dot_to(d, xh, shp)))
+    rows_used = []
+    real = fast._rows_for
+    monkeypatch.setattr(fast, "_rows_for", lambda *a: rows_used.append(real(*a)) or rows_used[-1])
+    with_rows = both()
+    monkeypatch.setattr(fast, "_rows_for", lambda *a: None)
+    plain = both()
+    for a, b in zip(with_rows, plain):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert all(r is not None for r in rows_used) == (shape != (3, 4, 5, 5))

@@ -2,12 +2,15 @@
 then each result put in terms of bytes moved, the copy bandwidth and
 PyTorch's native kernel on the same device.
 
-On the CPU the numpy implementations are timed twice, side by side, in two
-fresh processes (`numpy_process`): one that never imports torch (where a
-reader's own numpy code runs) and one that imports torch first. The rows'
-``process`` field says which; ``vs_staged`` is the staged numpy time over
-the row's, in the same process. This process computes their outputs once,
-untimed, for the errors against torch-native and to check the children's."""
+On the CPU the numpy implementations are timed in fresh processes
+(`numpy_process`) of two kinds: ones that never import torch (where a
+reader's own numpy code runs) and ones that import torch first, three of
+each by default, keeping the median process (`median_process`). The rows'
+``process`` field says which kind; ``vs_staged`` is how many times faster
+than staged numpy the row was, the two timed in turns in the same process
+(`measure_numpy`). This process computes their outputs once, untimed, for
+the errors against torch-native and to check the children's."""
+import statistics
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +20,8 @@ from .. import fast, staged
 from .environment import environment
 from .impls import available_impls, numpy_case, numpy_impl, torch_case, torch_impl
 from .numpy_process import NUMPY_ONLY, TORCH_IMPORTED, digest, measure_in_fresh_process
-from .timing import copy_bandwidth, cpu_times, graph_of, log, new_side_stream, summary, time_cuda
+from .timing import (copy_bandwidth, cpu_times, cpu_times_side_by_side, graph_of, log, new_side_stream,
+                     paired_ratio, summary, time_cuda)
 
 PASS_BYTES = {"fwd": (2, 3), "bwd": (3, 5)}  # (ideal, two-pass) multiples of E·s
 
@@ -68,14 +72,16 @@ def to_numpy(t):
 def run(device: str = "cpu", quick: bool = False, shapes: Optional[Sequence[Shape]] = None,
         dtypes: Optional[Sequence[str]] = None, impls: Optional[Sequence[str]] = None, compile_: bool = True,
         repeat: Optional[int] = None, checkpoint: Optional[Callable] = None,
-        fresh_processes: bool = True) -> Tuple[Dict, List[Dict]]:
+        fresh_processes: int = 3) -> Tuple[Dict, List[Dict]]:
     """Time every (shape, dtype, implementation, pass); return (meta, rows).
 
     shapes default to QUICK_SHAPES or FULL_SHAPES; dtypes to float32 and
     float64 on the CPU and float32/float16/bfloat16 on CUDA; impls to all
     available. checkpoint(meta, rows), if given, is called after every shape
     and dtype. fresh_processes: on the CPU, time the numpy implementations
-    in two fresh processes, one without torch and one with it (else here).
+    in this many fresh processes of each kind, without torch and with it,
+    and keep the median process's figures (`median_process`); 0 times them
+    here.
     """
     meta = environment(device)
     threads = meta.get("torch_threads")
@@ -115,9 +121,13 @@ def _run(meta, device, quick, shapes, dtypes, impls, compile_, repeat, checkpoin
     if device == "cpu" and numpy_names and fresh_processes:
         cases = [(lay, shape, dt, n) for lay, shape in shapes for dt in dtypes for n in numpy_names]
         for kind in (NUMPY_ONLY, TORCH_IMPORTED) if "torch" in meta else (NUMPY_ONLY,):
-            log(f"timing {', '.join(numpy_names)} in a fresh {kind} process ...")
-            fresh[kind] = measure_in_fresh_process(cases, quick, repeat, kind)
+            runs = []
+            for i in range(fresh_processes):
+                log(f"timing {', '.join(numpy_names)} in fresh {kind} process {i + 1}/{fresh_processes} ...")
+                runs.append(measure_in_fresh_process(cases, quick, repeat, kind))
+            fresh[kind] = median_process(runs)
     meta["processes"] = sorted(fresh) if fresh else [this_process]
+    meta["fresh_processes_per_kind"] = fresh_processes if fresh else 0
     rows = []
     total = len(shapes) * len(dtypes) * len(todo)
     k = 0
@@ -156,6 +166,33 @@ def _run(meta, device, quick, shapes, dtypes, impls, compile_, repeat, checkpoin
     return meta, rows
 
 
+def median_process(runs: List[Dict]) -> Dict:
+    """One result per case from the same cases timed in several fresh
+    processes of one kind: each row is the row of the process whose
+    vs_staged (for staged-numpy: whose time) is the median, and carries
+    every process's figure beside it (vs_staged_all, median_ms_all).
+
+    Why: where a fresh process's arrays land, and whether their pages are
+    already mapped, is an accident of that process (chapter 9); an odd
+    process is then one of several, not the figure."""
+    merged = {}
+    for key in runs[0]:
+        digests = {tuple(run[key]["digests"]) for run in runs}
+        if len(digests) != 1:
+            raise RuntimeError(f"fresh processes computed different outputs for {key}")
+        rows = []
+        for k in range(len(runs[0][key]["rows"])):
+            candidates = [run[key]["rows"][k] for run in runs]
+            by = "median_ms" if key[3] == "staged-numpy" else "vs_staged"
+            ordered = sorted(candidates, key=lambda r: r[by])
+            row = dict(ordered[(len(ordered) - 1) // 2])  # the lower median: a real process's row
+            row["vs_staged_all"] = [r["vs_staged"] for r in candidates]
+            row["median_ms_all"] = [r["median_ms"] for r in candidates]
+            rows.append(row)
+        merged[key] = dict(rows=rows, digests=runs[0][key]["digests"])
+    return merged
+
+
 def numpy_outputs(name: str, layout: str, shape: Tuple[int, ...], dtype: str) -> List:
     """[forward output, dx] of staged-numpy or fast-numpy on the benchmark's
     case, NCHW order, untimed."""
@@ -166,46 +203,74 @@ def numpy_outputs(name: str, layout: str, shape: Tuple[int, ...], dtype: str) ->
 def measure(name: str, layout: str, shape: Tuple[int, ...], dtype: str, device: str, quick: bool,
             repeat: Optional[int], stream=None) -> Dict:
     """Both passes of one implementation on one case: {'rows': [fwd, bwd], 'outputs': [out, dx]}."""
-    nrep = repeat or (5 if quick else 10)
-
-    def cpu_timer(fn):
-        return cpu_times(fn, nrep, min_time=0.4 if quick else 1.0)
-
     if name.endswith("numpy"):
-        case = numpy_case(layout, shape, dtype=dtype)
-        fwd, bwd = numpy_impl(staged if name == "staged-numpy" else fast, case)
-        itemsize = np.dtype(dtype).itemsize
-        outputs = [np.moveaxis(fwd(), -1, 1) if layout == "nhwc" else fwd(),
-                   np.moveaxis(bwd(), -1, 1) if layout == "nhwc" else bwd()]
-        timings = [(cpu_timer(fn), "process_time") for fn in (fwd, bwd)]
-    else:
-        import torch
+        return measure_numpy([name], layout, shape, dtype, quick, repeat)[name]
+    import torch
 
-        case = torch_case(layout, shape, getattr(torch, dtype), device)
-        fwd, bwd = torch_impl(name, case, stream)
-        itemsize = case[0].element_size()
-        outputs = [to_numpy(fwd()), to_numpy(bwd())]
-        timings = []
-        for fn in (fwd, bwd):
-            if device == "cuda":
-                graph = graph_of(fn, stream)
-                timings.append((time_cuda(graph.replay if graph is not None else fn, quick),
-                                "cuda-graph" if graph is not None else "eager"))
-            else:
-                timings.append((cpu_timer(fn), "process_time"))
-    elements = int(np.prod(shape))
+    case = torch_case(layout, shape, getattr(torch, dtype), device)
+    fwd, bwd = torch_impl(name, case, stream)
+    itemsize = case[0].element_size()
+    outputs = [to_numpy(fwd()), to_numpy(bwd())]
     rows = []
-    for pas, (times, mode) in zip(("fwd", "bwd"), timings):
-        row = dict(layout=layout, shape="x".join(map(str, shape)), dtype=dtype, impl=name,
-                   device=device, elements=elements, itemsize=itemsize, **{"pass": pas})
-        if isinstance(times, dict):  # CPU: process time, wall time beside it
-            row.update(summary(times["cpu"]))
-            row["wall_median_ms"] = summary(times["wall"])["median_ms"]
+    for pas, fn in zip(("fwd", "bwd"), (fwd, bwd)):
+        if device == "cuda":
+            graph = graph_of(fn, stream)
+            times = time_cuda(graph.replay if graph is not None else fn, quick)
+            mode = "cuda-graph" if graph is not None else "eager"
         else:
-            row.update(summary(times))
-        row["timing"] = mode
-        rows.append(row)
+            times, mode = cpu_times(fn, _repeats(quick, repeat), min_time=_min_time(quick, repeat)), "process_time"
+        rows.append(_row(name, layout, shape, dtype, device, itemsize, pas, times, mode))
     return dict(rows=rows, outputs=outputs)
+
+
+def measure_numpy(names: Sequence[str], layout: str, shape: Tuple[int, ...], dtype: str, quick: bool,
+                  repeat: Optional[int]) -> Dict[str, Dict]:
+    """Both passes of the numpy implementations `names` (staged-numpy and/or
+    fast-numpy) on one case, timed side by side, round by round
+    (`cpu_times_side_by_side`): {name: {'rows': [fwd, bwd], 'outputs': [out, dx]}}.
+    With staged-numpy among them, each row's vs_staged is the median of the
+    per-round ratios (`paired_ratio`), so a slow spell of the machine falls
+    on both sides of the ratio; `rounds` in the row says how many."""
+    itemsize = np.dtype(dtype).itemsize
+    impls = {n: numpy_impl(staged if n == "staged-numpy" else fast, numpy_case(layout, shape, dtype=dtype))
+             for n in names}
+    result = {n: dict(rows=[], outputs=[np.moveaxis(f(), -1, 1) if layout == "nhwc" else f() for f in impls[n]])
+              for n in names}
+    for k, pas in enumerate(("fwd", "bwd")):
+        times = cpu_times_side_by_side([impls[n][k] for n in names], _repeats(quick, repeat), _min_time(quick, repeat))
+        for n, t in zip(names, times):
+            row = _row(n, layout, shape, dtype, "cpu", itemsize, pas, t, "process_time")
+            row["rounds"] = len(t["rounds"])
+            if "staged-numpy" in names:
+                row["vs_staged"] = paired_ratio(times[list(names).index("staged-numpy")]["rounds"], t["rounds"])
+            result[n]["rows"].append(row)
+    return result
+
+
+def _repeats(quick: bool, repeat: Optional[int]) -> int:
+    return repeat or (5 if quick else 10)
+
+
+def _min_time(quick: bool, repeat: Optional[int]) -> float:
+    """Seconds each CPU measurement runs for at least (per implementation);
+    none when the caller fixed the number of runs."""
+    return 0.0 if repeat else 0.4 if quick else 1.0
+
+
+def _row(name, layout, shape, dtype, device, itemsize, pas, times, mode) -> Dict:
+    """One result row; `times` is a list of ms, or on the CPU {'cpu': [...],
+    'wall': [...]} (process time reported, wall time kept beside it)."""
+    row = dict(layout=layout, shape="x".join(map(str, shape)), dtype=dtype, impl=name,
+               device=device, elements=int(np.prod(shape)), itemsize=itemsize, **{"pass": pas})
+    if isinstance(times, dict):
+        row.update(summary(times["cpu"]))
+        row["wall_median_ms"] = summary(times["wall"])["median_ms"]
+        if "faults" in times:
+            row["faults_per_call"] = statistics.median(times["faults"])
+    else:
+        row.update(summary(times))
+    row["timing"] = mode
+    return row
 
 
 def finish(case_rows: List[Dict], ref, copy_gbps: float) -> None:
@@ -230,7 +295,8 @@ def finish(case_rows: List[Dict], ref, copy_gbps: float) -> None:
             r["vs_native"] = native[r["pass"]] / r["median_ms"] if r["pass"] in native else None
             r["vs_cudnn"] = cudnn[r["pass"]] / r["median_ms"] if r["pass"] in cudnn else None
             key = (r["pass"], r.get("process"))
-            r["vs_staged"] = staged_ms[key] / r["median_ms"] if r["impl"].endswith("numpy") and key in staged_ms \
-                else None
+            if r.get("vs_staged") is None:  # (rows timed beside staged carry their paired ratio)
+                r["vs_staged"] = staged_ms[key] / r["median_ms"] \
+                    if r["impl"].endswith("numpy") and key in staged_ms else None
             r["rel_err_vs_native"] = rel_err(res["outputs"][i], ref[i]) \
                 if ref is not None and res["outputs"] is not None else None

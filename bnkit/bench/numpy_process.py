@@ -60,22 +60,25 @@ def measure_in_fresh_process(cases: Sequence[Tuple[str, Tuple[int, ...], str, st
 
 
 def main() -> int:
-    from .driver import measure  # the same measurement code as the parent's
+    from .driver import measure_numpy  # the same measurement code as the parent's
     from .timing import log
 
     request = json.loads(sys.stdin.read())
     if request["process"] == TORCH_IMPORTED:
         import torch  # noqa: F401  (the one difference between the two kinds of process)
+    groups = {}  # (layout, shape, dtype) -> implementations, timed side by side
+    for layout, shape, dtype, impl in request["cases"]:
+        groups.setdefault((layout, tuple(shape), dtype), []).append(impl)
     results = {}
-    total = len(request["cases"])
-    for k, (layout, shape, dtype, impl) in enumerate(request["cases"], 1):
-        res = measure(impl, layout, tuple(shape), dtype, "cpu", request["quick"], request["repeat"])
-        for r in res["rows"]:
-            r["process"] = request["process"]
-            log(f"[{request['process']} {k}/{total}] {layout:4} {'x'.join(map(str, shape)):>16} {dtype:8} "
-                f"{impl:13} {r['pass']}: {r['median_ms']:9.3f} ms")
-        key = "|".join([layout, "x".join(map(str, shape)), dtype, impl])
-        results[key] = dict(rows=res["rows"], digests=[digest(o) for o in res["outputs"]])
+    for k, ((layout, shape, dtype), impls) in enumerate(groups.items(), 1):
+        measured = measure_numpy(impls, layout, shape, dtype, request["quick"], request["repeat"])
+        for impl, res in measured.items():
+            for r in res["rows"]:
+                r["process"] = request["process"]
+                log(f"[{request['process']} {k}/{len(groups)}] {layout:4} {'x'.join(map(str, shape)):>16} "
+                    f"{dtype:8} {impl:13} {r['pass']}: {r['median_ms']:9.3f} ms")
+            key = "|".join([layout, "x".join(map(str, shape)), dtype, impl])
+            results[key] = dict(rows=res["rows"], digests=[digest(o) for o in res["outputs"]])
     json.dump(dict(results=results, torch_imported="torch" in sys.modules), sys.stdout)
     return 0
 

@@ -11,7 +11,7 @@ from typing import Dict, List
 COLUMNS = ["layout", "shape", "dtype", "impl", "pass", "device", "median_ms", "p20_ms", "p80_ms",
            "runs", "elements", "itemsize", "ideal_bytes", "moved_bytes", "GBps", "frac_copy",
            "ideal_frac_copy", "vs_native", "vs_cudnn", "rel_err_vs_native", "timing", "process", "vs_staged",
-           "wall_median_ms"]
+           "rounds", "wall_median_ms", "faults_per_call"]
 META_COLUMNS = ["device_name", "date", "torch", "triton", "numpy", "copy_GBps"]
 PROCESS_TAGS = {"numpy-only": "no-torch", "torch-imported": "+torch"}
 

@@ -4,10 +4,11 @@ Every function takes what it needs as arguments; the CUDA side stream is
 created by the caller (`new_side_stream`) and passed in, so nothing here
 keeps state between calls.
 """
+import resource
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -51,6 +52,46 @@ def cpu_times(fn: Callable, repeat: int, min_time: float) -> Dict[str, List[floa
         out["cpu"].append((time.process_time() - c0) * 1e3)
         out["wall"].append((time.perf_counter() - w0) * 1e3)
     return out
+
+
+def cpu_times_side_by_side(fns: Sequence[Callable], repeat: int, min_time: float,
+                           block: float = 0.05) -> List[Dict[str, List[float]]]:
+    """`cpu_times` of several functions, measured in turns, so that a change in
+    the machine's speed during the run (a busy neighbour on a shared host)
+    falls on all of them alike. Each round gives every function a block of
+    calls (the order reversed every other round): one untimed call, which
+    pays for the heap the previous function left (its freed arrays, pages
+    returned to the system), then timed calls for at least `block` seconds.
+    Returns per function {'cpu': [...], 'wall': [...], 'faults': [...]} for
+    every timed call (faults: the process's minor page faults during it,
+    each a fresh page the kernel had to map), and 'rounds': each round's
+    median CPU time, for `paired_ratio`.
+    At least `repeat` rounds, and at least min_time seconds per function."""
+    out = [{"cpu": [], "wall": [], "faults": [], "rounds": []} for _ in fns]
+    start, rounds = time.perf_counter(), 0
+    while rounds < repeat or time.perf_counter() - start < min_time * len(fns):
+        order = range(len(fns)) if rounds % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            fns[i]()
+            cpu, t_block = [], time.perf_counter()
+            while not cpu or time.perf_counter() - t_block < block:
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                c0, w0 = time.process_time(), time.perf_counter()
+                fns[i]()
+                cpu.append((time.process_time() - c0) * 1e3)
+                out[i]["wall"].append((time.perf_counter() - w0) * 1e3)
+                out[i]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            out[i]["cpu"] += cpu
+            out[i]["rounds"].append(statistics.median(cpu))
+        rounds += 1
+    return out
+
+
+def paired_ratio(base: Sequence[float], times: Sequence[float]) -> float:
+    """The median over rounds of base[k] / times[k]: how many times faster
+    than `base` a function was, from times taken side by side (the
+    'rounds' of `cpu_times_side_by_side`)."""
+    return statistics.median(b / t for b, t in zip(base, times, strict=True))
 
 
 def time_cuda(fn: Callable, quick: bool = False) -> List[float]:
