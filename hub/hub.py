@@ -160,10 +160,17 @@ def ensure_venv(s):
 
 
 def install_grades_extension(s):
-    """hub/bnkit_hub_grades.py (the instructor's CSV download) into the venv, where the servers import it."""
+    """hub/bnkit_hub_grades.py (the instructor's CSV download) into the venv, where the servers import it,
+    and the local MathJax that bngrade.formgrader_csp serves to the formgrader (<venv>/share/bnkit)."""
     site = next((s.venv / "lib").glob("python3*/site-packages"))
     shutil.copy2(REPO / "hub" / "bnkit_hub_grades.py", site / "bnkit_hub_grades.py")
     os.chmod(site / "bnkit_hub_grades.py", 0o644)
+    mathjax = REPO / "node_modules" / "mathjax" / "es5" / "tex-svg.js"
+    if mathjax.is_file():
+        (s.venv / "share" / "bnkit").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(mathjax, s.venv / "share" / "bnkit" / "tex-svg.js")
+    else:
+        say("no node_modules/mathjax (make mathjax): the formgrader will show LaTeX as text")
 
 
 def user_exists(name):
@@ -230,7 +237,8 @@ def ensure_roles(s):
     (instructor / "labconfig").mkdir(exist_ok=True)
     (instructor / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": QUIET}))
     (instructor / "jupyter_server_config.json").write_text(json.dumps(
-        {"ServerApp": {"jpserver_extensions": {"bnkit_hub_grades": True}}}, indent=1))
+        {"ServerApp": {"jpserver_extensions": {"bnkit_hub_grades": True, "bngrade.formgrader_csp": True}}},
+        indent=1))
     course = s.course_dir()
     # The course's own config (the sandbox, the verdict outside the kernel), with its root made absolute:
     # the server's working directory is the instructor's home, the course a subdirectory of it.

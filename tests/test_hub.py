@@ -374,6 +374,12 @@ def test_course_cycle_in_the_browser(hub, browser):
     report.scroll_into_view_if_needed()
     shot(pi, "instructor-05-integrity-evidence-student2")
     assert_inert(pi, "student2's submission in the formgrader")
+    # the page's second wall (bngrade.formgrader_csp): a policy with no inline script but the
+    # template's own, and MathJax from the server, not a CDN; grading below proves the page still works
+    policy = ctxi.request.get(pi.url).headers.get("content-security-policy", "")
+    assert "script-src 'self'" in policy and "'unsafe-inline'" not in policy.split("script-src", 1)[1], policy
+    assert pi.evaluate("() => [...document.scripts].map(s => s.src).filter(u => u.includes('cdnjs')).length") == 0
+    assert pi.evaluate("() => !!document.querySelector('script[src*=\"bnkit/mathjax/tex-svg.js\"]')")
     grade_written_answer(pi, 1)
     shot(pi, "instructor-06-manual-grade-student2")
     # the manual scores are saved: the formgrader's own totals

@@ -116,9 +116,13 @@ def browser():
         b.close()
 
 
-def _visit(browser, url, settle_s=3, click=True):
-    """Load url; return (requests seen, console lines, title, window.pwned, page text, mathjax count)."""
+def _visit(browser, url, settle_s=3, click=True, route=None):
+    """Load url (through route(route) if given: Playwright's page.route for that url); return the
+    requests seen, console lines, title, window.pwned, page text, MathJax count, and whether the
+    formgrader's own inline scripts ran (its globals)."""
     page = browser.new_page()
+    if route:
+        page.route(url, route)
     requests, console = [], []
     page.on("request", lambda r: requests.append(r.url))
     page.on("console", lambda m: console.append(m.text))
@@ -129,7 +133,8 @@ def _visit(browser, url, settle_s=3, click=True):
     page.wait_for_timeout(settle_s * 1000)
     result = dict(requests=requests, console=console, title=page.title(), pwned=page.evaluate("window.pwned || null"),
                   text=page.inner_text("body"),
-                  mathjax=page.evaluate("document.querySelectorAll('mjx-container').length"))
+                  mathjax=page.evaluate("document.querySelectorAll('mjx-container').length"),
+                  own_scripts=page.evaluate("typeof toggle_name === 'function' && typeof submission_id === 'string'"))
     page.close()
     return result
 
@@ -166,7 +171,8 @@ def formgrader(course_dir, tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     conf = tmp_path_factory.mktemp("jupyter-config")
     (conf / "jupyter_server_config.json").write_text(json.dumps(
-        {"ServerApp": {"jpserver_extensions": {"nbgrader.server_extensions.formgrader": True}}}))
+        {"ServerApp": {"jpserver_extensions": {"nbgrader.server_extensions.formgrader": True,
+                                               "bngrade.formgrader_csp": True}}}))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(conf), PATH=str(Path(sys.executable).parent) + os.pathsep +
                os.environ.get("PATH", ""))
     env.pop("NBGRADER_EXECUTION", None)
@@ -197,14 +203,43 @@ def formgrader(course_dir, tmp_path_factory):
         log.close()
 
 
-def test_formgrader_submission_page_runs_no_student_script(course_dir, formgrader, browser):
+def _submission_url(course_dir, formgrader):
     base, token = formgrader
     with sqlite3.connect(course_dir / "gradebook.db") as db:
         (submission_id,), = db.execute("SELECT id FROM submitted_notebook").fetchall()
-    seen = _visit(browser, f"{base}/formgrader/submissions/{submission_id}/?token={token}")
+    return f"{base}/formgrader/submissions/{submission_id}/?token={token}"
+
+
+def test_formgrader_submission_page_runs_no_student_script(course_dir, formgrader, browser):
+    url = _submission_url(course_dir, formgrader)
+    seen = _visit(browser, url)
     _assert_inert(seen)
     assert "depend on the other examples" in seen["text"], seen["text"][:2000]  # the submission is shown
     assert "outputs displayed" in seen["text"]  # and its outputs, sanitised
+    # bngrade.formgrader_csp: a policy, MathJax from the server itself, and the page's own scripts all ran
+    csp = urllib.request.urlopen(url, timeout=60).headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp.split("script-src", 1)[1], csp
+    assert [u for u in seen["requests"] if not u.startswith((formgrader[0], "data:"))] == [], seen["requests"]
+    assert seen["mathjax"] > 0, "the local MathJax did not typeset the answer"
+    assert seen["own_scripts"], "the formgrader's own inline scripts did not run"
+    assert not [line for line in seen["console"] if "Content Security Policy" in line], seen["console"]
+
+
+def test_the_formgraders_policy_alone_stops_a_script_past_the_sanitiser(course_dir, formgrader, browser):
+    """The second wall: the formgrader's page as served, with script planted inside the notebook
+    (as if nh3 had missed it) and served under the same policy, still runs none of it."""
+    url = _submission_url(course_dir, formgrader)
+    with urllib.request.urlopen(url, timeout=60) as r:
+        html, csp = r.read().decode(), r.headers["Content-Security-Policy"]
+    planted = (f"<script>{js('csp-script')}</script><img src=x onerror=\"{js('csp-img')}\">"
+               f"<a id=jslink href=\"javascript:{js('csp-link')}\">l</a>"
+               f"<button id=formbutton onclick=\"{js('csp-click')}\">b</button>")
+    start = html.index('id="notebook-container"')
+    html = html[:start] + html[start:].replace("</div>", "</div>" + planted, 1)
+    seen = _visit(browser, url, route=lambda route: route.fulfill(
+        status=200, body=html, headers={"Content-Type": "text/html", "Content-Security-Policy": csp}))
+    _assert_inert(seen)
+    assert seen["own_scripts"] and seen["mathjax"] > 0  # while the page's own scripts and MathJax run
 
 
 def test_the_payloads_do_run_in_an_unsanitised_page(course_dir, browser, tmp_path):
