@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import catalogue  # noqa: E402
-from bngrade import COURSE_CONFIG  # noqa: E402
+from bngrade import COURSE_CONFIG, submission_file  # noqa: E402
 from bngrade.autograde import gradebook_scores as scores, table  # noqa: E402,F401 (one grade table)
 
 ASSIGNMENTS = ["bn_forward", "bn_backward_graph", "bn_backward_fast", "bn_spatial_layernorm"]
@@ -239,6 +239,14 @@ def check_submissions(course, assignment):
     problems = []
     for path in sorted(course.glob(f"submitted/*/{assignment}/{assignment}.ipynb")):
         student = path.parts[-3]
+        refused = submission_file.check(path)
+        if refused:  # what autograde's exporter would refuse, before reading it
+            problems.append((student, f"the notebook is {refused}"))
+            continue
+        links = path.lstat().st_nlink
+        if links > 1:  # graded for what it holds, but the same file as somewhere else: whose?
+            problems.append((student, f"the notebook file has {links} names (a hard link): it is graded, "
+                                      "but it is the very file of another name; look for the other"))
         try:
             nb = json.loads(path.read_text())
             all_ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb["cells"]]

@@ -286,14 +286,20 @@ def test_links_hard_links_and_fifos_never_reach_the_kernel(tmp_path):
     assert "hard link" in refused["stolen.txt"] and "symbolic link" in refused["link.txt"]
 
 
-def test_a_hard_linked_notebook_is_not_run(tmp_path):
+def test_a_symlinked_notebook_is_not_run_a_hard_linked_one_runs_for_what_it_holds(tmp_path):
+    """A hard link is read as data (bngrade.submission_file): refusing it would also refuse the
+    classmate whose file it names (who did nothing); it is a copy, and make autograde says so."""
     sub, graded = _course(tmp_path)
     classmate = tmp_path / "classmate.ipynb"
     classmate.write_text("{}")
-    os.link(classmate, sub / "a.ipynb")
+    os.symlink(classmate, sub / "a.ipynb")
     nb, res = _execute(graded, _notebook("print('PROBE {\"ran\": true}')"))
     assert _probes(nb) == {} and res["bngrade_execution"]["refused"]
-    assert nb.cells[0].outputs[-1]["ename"] == "NotRun" and "hard link" in nb.cells[0].outputs[-1]["evalue"]
+    assert nb.cells[0].outputs[-1]["ename"] == "NotRun" and "symbolic link" in nb.cells[0].outputs[-1]["evalue"]
+    (sub / "a.ipynb").unlink()
+    os.link(classmate, sub / "a.ipynb")
+    nb, res = _execute(graded, _notebook("print('PROBE {\"ran\": true}')"))
+    assert _probes(nb) == {"ran": True}
 
 
 # ---------------------------------------------------------------- time: a budget from the reference solution

@@ -1,0 +1,84 @@
+"""The submitted notebook is read as data (bngrade.submission_file): a regular file with one link,
+never followed, at most 32 MiB, checked before a byte is read.
+
+The unit tests try each shape of file; the last test grades them with real `nbgrader autograde`
+beside the control students, and bounds the grader's memory."""
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+import pytest
+
+from bngrade.submission_file import MAX_NOTEBOOK_MB, RefusedSubmission, check, read_checked
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "assignments"))
+
+
+def test_a_plain_notebook_is_read_and_a_hard_link_for_what_it_holds(tmp_path):
+    p = tmp_path / "a.ipynb"
+    p.write_text('{"cells": []}')
+    assert read_checked(p) == b'{"cells": []}' and check(p) is None
+    os.link(p, tmp_path / "b.ipynb")  # refusing it would refuse the classmate whose file it is too
+    assert read_checked(tmp_path / "b.ipynb") == b'{"cells": []}'
+
+
+@pytest.mark.parametrize("shape", ["symlink", "fifo", "directory", "device", "too big"])
+def test_anything_else_is_refused_without_being_read(tmp_path, shape):
+    other = tmp_path / "classmate.ipynb"
+    other.write_text('{"cells": []}')
+    p = tmp_path / "a.ipynb"
+    if shape == "symlink":
+        p.symlink_to(other)
+    elif shape == "fifo":
+        os.mkfifo(p)  # a read would block for ever: O_NONBLOCK, then fstat, refuse it
+    elif shape == "directory":
+        p.mkdir()
+    elif shape == "device":
+        p.symlink_to("/dev/zero")  # endless bytes; a symlink, so refused before it is opened
+    else:
+        with open(p, "wb") as f:
+            f.truncate((MAX_NOTEBOOK_MB << 20) + 1)  # sparse: no disk, but its size is over the limit
+    with pytest.raises(RefusedSubmission):
+        read_checked(p)
+    assert check(p)
+
+
+@pytest.mark.slow
+def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
+    import course
+
+    d = course.copy_course(tmp_path / "c")
+    rc, log = course.nbgrader(d, "generate_assignment", "bn_forward", "--force", quiet=True)
+    assert rc == 0, log
+    controls = course.controls(d, "bn_forward")
+    course.place(d, "bn_forward", controls)
+    nb = json.loads(course.submission(d, "bn_forward"))
+    answer = next(c for c in nb["cells"] if c["cell_type"] == "markdown"
+                  and c["metadata"].get("nbgrader", {}).get("solution"))
+    answer["source"] = "x" * (96 << 20)  # a 96 MiB written answer (the grader read 300 MiB into 1.04 GiB)
+    course.place(d, "bn_forward", {"huge": json.dumps(nb)})
+    given = d / "submitted" / "zzz_control_correct" / "bn_forward" / "bn_forward.ipynb"
+    for student, make in (("linked", lambda p: p.symlink_to(given)), ("hardlinked", lambda p: os.link(given, p)),
+                          ("fifo", os.mkfifo)):
+        (d / "submitted" / student / "bn_forward").mkdir(parents=True)
+        make(d / "submitted" / student / "bn_forward" / "bn_forward.ipynb")
+    problems = dict(course.check_submissions(d, "bn_forward"))  # make autograde says so first
+    assert {s for s, why in problems.items() if "is not" in why} == {"huge", "linked", "fifo"}, problems
+    assert "2 names" in problems["hardlinked"] and "2 names" in problems["zzz_control_correct"], problems
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rc, log = course.nbgrader(d, "autograde", "bn_forward", "--force", quiet=True)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert rc != 0  # nbgrader reports the refused students as errors
+    for student in ("huge", "linked", "fifo"):
+        assert not list((d / "autograded" / student).rglob("*.ipynb")), student
+        assert f"for student '{student}'" in log
+    assert "over the 32 MiB limit" in log and "a symlink" in log and "not a regular file" in log
+    scores = {student: sum(score or 0 for score, _ in grades.values())
+              for student, grades in course.scores(d, "bn_forward").items()}
+    assert scores["zzz_control_correct"] > scores["zzz_control_wrong"] == scores["aaa_control_wrong"] > 0, scores
+    assert scores["hardlinked"] == scores["zzz_control_correct"]  # a copy, graded as one (and reported above)
+    assert not {"huge", "linked", "fifo"} & {s for s, v in scores.items() if v}, scores
+    assert peak_mib < 1024 or before / 1024 >= 1024, peak_mib
