@@ -10,7 +10,8 @@ def sha(text):
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-OWN = '\nvar submission_id = "abc";\nvar notebook_id = "n";\nvar assignment_id = "a";\nvar base_url = "/u/formgrader";\n'
+OWN = ('\nvar submission_id = "abc";\nvar notebook_id = "n";\nvar assignment_id = "a";\n'
+       'var base_url = "/u/formgrader";\n')
 
 
 def page(head_scripts, body):
