@@ -239,6 +239,12 @@ def check_submissions(course, assignment):
     problems = []
     for path in sorted(course.glob(f"submitted/*/{assignment}/{assignment}.ipynb")):
         student = path.parts[-3]
+        skip, refuse = submission_file.unsafe_entries(path.parent)
+        if refuse:
+            problems.append((student, f"the submission is not graded, nothing copied: {refuse}"))
+            continue
+        if skip:
+            problems.append((student, "left out, not copied: " + "; ".join(f"{r} ({why})" for r, why in skip)))
         refused = submission_file.check(path)
         if refused:  # what autograde's exporter would refuse, before reading it
             problems.append((student, f"the notebook is {refused}"))

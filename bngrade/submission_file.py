@@ -17,7 +17,15 @@ link count) and the class report's near-copies point out. nbgrader reports a ref
 notebook as that student's failure, with our message, and goes on to the
 next student; nothing of it is graded or written. `check` is the same rule
 for `make autograde`'s check of the files before grading.
+
+The exporter also guards nbgrader's copy of the submission's *other* files,
+which runs before any notebook is read (`guard_assignment_copy`): a
+symbolic link, FIFO, socket or device anywhere in the submission is left
+out (and the log says so); more than 2000 entries or more than 256 MiB of
+files refuse the submission, as that student's error, before anything is
+copied.
 """
+import glob
 import io
 import os
 import stat
@@ -70,10 +78,74 @@ def check(path, max_mb=MAX_NOTEBOOK_MB):
     return None
 
 
+MAX_ENTRIES = 2000  # files and directories in one submission
+MAX_TOTAL_MB = 256  # their sizes together (nbgrader copies every one into autograded/)
+
+
+def unsafe_entries(directory, max_entries=MAX_ENTRIES, max_total_mb=MAX_TOTAL_MB):
+    """(skip, refuse) for a submission directory, before nbgrader's copy touches it.
+
+    nbgrader's autograde copies every file of submitted/<student>/<assignment>/ into autograded/
+    with shutil.copy, before any notebook is read: it follows a symbolic link (a link to /dev/zero
+    writes zeros until the disk is full; a link to a host file copies it as root), blocks on
+    nothing but a FIFO, and has no bound on count or size. Nothing is followed here (lstat).
+    skip: [(relative path, why)] for links, FIFOs, sockets and devices, which the copy must leave
+    out (an accident the grader can repair: the rest is graded); refuse: why the whole submission
+    is not copied (more than max_entries entries, more than max_total_mb of files), or None."""
+    skip, total, count = [], 0, 0
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            count += 1
+            if stat.S_ISLNK(st.st_mode):
+                skip.append((os.path.relpath(path, directory), "a symbolic link"))
+            elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                skip.append((os.path.relpath(path, directory), "not a regular file (FIFO, socket or device)"))
+            elif stat.S_ISREG(st.st_mode):
+                total += st.st_size
+        if count > max_entries:
+            return skip, f"more than {max_entries} files and directories"
+    if total > max_total_mb << 20:
+        return skip, f"{total >> 20} MiB of files, over the {max_total_mb} MiB limit"
+    return skip, None
+
+
+def guard_assignment_copy(converter):
+    """Make `converter.init_assignment` (nbgrader's copy of a submission's other files) leave out
+    what `unsafe_entries` says to skip, and refuse, as that student's error, a submission it says
+    to refuse, before anything is copied. The one place bngrade reaches into nbgrader's converter:
+    autograde offers no hook that can refuse or skip (its pre_convert_hook's errors are ignored)."""
+    copy = converter.init_assignment
+
+    def init_assignment(assignment_id, student_id):
+        source = converter._format_source(assignment_id, student_id)
+        skip, refuse = unsafe_entries(source) if os.path.isdir(source) else ([], None)
+        if refuse:
+            raise RefusedSubmission(f"{source}: not graded, nothing copied ({refuse})")
+        if not skip:
+            return copy(assignment_id, student_id)
+        converter.log.warning("bngrade: %s: left out, not copied: %s", source,
+                              "; ".join(f"{rel} ({why})" for rel, why in skip[:20]))
+        ignore = list(converter.coursedir.ignore)  # nbgrader skips names matching these globs
+        converter.coursedir.ignore = ignore + sorted({glob.escape(os.path.basename(rel)) for rel, _ in skip})
+        try:
+            return copy(assignment_id, student_id)
+        finally:
+            converter.coursedir.ignore = ignore
+
+    converter.init_assignment = init_assignment
+
+
 class CheckedNotebookExporter(NotebookExporter):
     """nbconvert's NotebookExporter, reading the file only through `read_checked` (module docstring)."""
 
     max_notebook_mb = Integer(MAX_NOTEBOOK_MB, help="largest submitted notebook graded, MiB").tag(config=True)
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        if type(self.parent).__name__ == "Autograde" and hasattr(self.parent, "init_assignment"):
+            guard_assignment_copy(self.parent)  # made by the converter's start(), before any copy
 
     def from_filename(self, filename, resources=None, **kw):
         data = read_checked(filename, self.max_notebook_mb << 20)

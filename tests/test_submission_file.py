@@ -65,20 +65,38 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
                           ("fifo", os.mkfifo)):
         (d / "submitted" / student / "bn_forward").mkdir(parents=True)
         make(d / "submitted" / student / "bn_forward" / "bn_forward.ipynb")
-    problems = dict(course.check_submissions(d, "bn_forward"))  # make autograde says so first
-    assert {s for s, why in problems.items() if "is not" in why} == {"huge", "linked", "fifo"}, problems
+    # beside a correct notebook: a link to /dev/zero and a FIFO (left out), or too many / too large files
+    for student in ("devzero", "many", "bigfiles"):
+        course.place(d, "bn_forward", {student: course.submission(d, "bn_forward")})
+    extra = d / "submitted" / "devzero" / "bn_forward"
+    (extra / "data.bin").symlink_to("/dev/zero")  # nbgrader's shutil.copy would write zeros until the disk is full
+    os.mkfifo(extra / "pipe")
+    for i in range(2001):
+        (d / "submitted" / "many" / "bn_forward" / f"f{i}.txt").write_text("x")
+    with open(d / "submitted" / "bigfiles" / "bn_forward" / "big.npy", "wb") as f:
+        f.truncate(257 << 20)  # sparse here, but a copy would write it all
+    problems = {}  # make autograde says so first
+    for student, why in course.check_submissions(d, "bn_forward"):
+        problems.setdefault(student, []).append(why)
+    problems = {student: " | ".join(whys) for student, whys in problems.items()}
+    assert {s for s, why in problems.items() if "is not" in why} == {"huge", "linked", "fifo", "many", "bigfiles"}
     assert "2 names" in problems["hardlinked"] and "2 names" in problems["zzz_control_correct"], problems
+    assert "data.bin (a symbolic link)" in problems["devzero"] and "is not" not in problems["devzero"], problems
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     rc, log = course.nbgrader(d, "autograde", "bn_forward", "--force", quiet=True)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert rc != 0  # nbgrader reports the refused students as errors
-    for student in ("huge", "linked", "fifo"):
-        assert not list((d / "autograded" / student).rglob("*.ipynb")), student
+    for student in ("huge", "linked", "fifo", "many", "bigfiles"):
+        assert not list((d / "autograded" / student).rglob("*")), student  # nothing copied, nothing graded
         assert f"for student '{student}'" in log
     assert "over the 32 MiB limit" in log and "a symlink" in log and "not a regular file" in log
+    assert "more than 2000 files" in log and "over the 256 MiB limit" in log
+    assert sorted(p.name for p in (d / "autograded" / "devzero" / "bn_forward").iterdir()) == ["bn_forward.ipynb"]
+    assert "left out, not copied: data.bin (a symbolic link); pipe (not a regular file" in log
     scores = {student: sum(score or 0 for score, _ in grades.values())
               for student, grades in course.scores(d, "bn_forward").items()}
     assert scores["zzz_control_correct"] > scores["zzz_control_wrong"] == scores["aaa_control_wrong"] > 0, scores
     assert scores["hardlinked"] == scores["zzz_control_correct"]  # a copy, graded as one (and reported above)
-    assert not {"huge", "linked", "fifo"} & {s for s, v in scores.items() if v}, scores
+    assert scores["devzero"] == scores["zzz_control_correct"]  # what was left out cost nothing
+    assert not {"huge", "linked", "fifo", "many", "bigfiles"} & {s for s, v in scores.items() if v}, scores
     assert peak_mib < 1024 or before / 1024 >= 1024, peak_mib
