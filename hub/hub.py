@@ -225,7 +225,9 @@ def ensure_roles(s):
               f"c.CourseDirectory.course_id = {COURSE_ID!r}\n")
     student = s.roles / "student"
     (student / "labconfig").mkdir(parents=True, exist_ok=True)
-    (student / "nbgrader_config.py").write_text(common)
+    # nbgrader submit copies only data: links, FIFOs and devices in the folder are left out (bngrade.exchange)
+    (student / "nbgrader_config.py").write_text(
+        common + "c.ExchangeFactory.submit = 'bngrade.exchange.SafeExchangeSubmit'\n")
     off = ["nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list"]
     (student / "jupyter_server_config.json").write_text(json.dumps(
         {"ServerApp": {"jpserver_extensions": {e: False for e in off}}}, indent=1))

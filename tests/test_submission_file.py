@@ -100,3 +100,30 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     assert scores["devzero"] == scores["zzz_control_correct"]  # what was left out cost nothing
     assert not {"huge", "linked", "fifo", "many", "bigfiles"} & {s for s, v in scores.items() if v}, scores
     assert peak_mib < 1024 or before / 1024 >= 1024, peak_mib
+
+
+@pytest.mark.slow
+def test_nbgrader_submit_leaves_out_a_link_to_dev_zero(tmp_path):
+    """A student's own `nbgrader submit` through the hub's exchange (bngrade.exchange): nbgrader's
+    copytree would follow data.bin -> /dev/zero and fill the shared disk; the notebook arrives,
+    the link and a FIFO do not. (The bound below is on start-up and the copy, not a timing.)"""
+    import subprocess
+
+    exchange, home = tmp_path / "exchange", tmp_path / "home"
+    (exchange / "bnkit" / "inbound").mkdir(parents=True)
+    (exchange / "bnkit" / "outbound" / "bn_forward").mkdir(parents=True)
+    folder = home / "bn_forward"
+    folder.mkdir(parents=True)
+    (folder / "bn_forward.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                                         "nbformat_minor": 5}))
+    (folder / "data.bin").symlink_to("/dev/zero")
+    os.mkfifo(folder / "pipe")
+    run = subprocess.run([sys.executable, "-m", "nbgrader", "submit", "bn_forward", f"--Exchange.root={exchange}",
+                          "--CourseDirectory.course_id=bnkit",
+                          "--ExchangeFactory.submit=bngrade.exchange.SafeExchangeSubmit"],
+                         cwd=home, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg")))
+    assert run.returncode == 0, run.stdout + run.stderr
+    submitted, = (exchange / "bnkit" / "inbound").iterdir()
+    assert sorted(p.name for p in submitted.iterdir()) == ["bn_forward.ipynb", "submission_secret.txt", "timestamp.txt"]
+    assert "left out of the submission" in run.stdout + run.stderr and "data.bin" in run.stdout + run.stderr
