@@ -9,8 +9,10 @@ a symlink, a FIFO or a device would be followed, block, or never end.
 `CheckedNotebookExporter` is autograde's exporter (the course config sets
 `Autograde.exporter_class`): it opens the file with O_NOFOLLOW and
 O_NONBLOCK, refuses anything but a regular file, refuses a file over
-`max_notebook_mb` before reading a byte of it, and reads at most that much
-from the descriptor it checked. A hard link is read for what it holds:
+`max_notebook_mb` before reading a byte of it, reads at most that much
+from the descriptor it checked, and refuses a notebook of more than
+`max_cells` cells before any preprocessor runs (200,000 empty markdown
+cells, 11 MiB, held the grader 6.7 minutes at 1.24 GiB). A hard link is read for what it holds:
 refusing it would refuse the classmate whose file it names too; it is a
 copy, which `make autograde`'s check (`course.check_submissions`, by the
 link count) and the class report's near-copies point out. nbgrader reports a refused
@@ -26,15 +28,17 @@ files refuse the submission, as that student's error, before anything is
 copied.
 """
 import glob
-import io
+import json
 import os
 import stat
 
+import nbformat
 from nbconvert.exporters import NotebookExporter
 from nbconvert.exporters.exporter import ResourcesDict
 from traitlets import Integer
 
 MAX_NOTEBOOK_MB = 32  # a released notebook is ~50 KB; answers with pasted images stay far below
+MAX_CELLS = 1000  # a released notebook has 12-14 cells; 200,000 empty cells (11 MiB) held a worker 6.7 min
 
 
 class RefusedSubmission(ValueError):
@@ -69,13 +73,28 @@ def read_checked(path, max_bytes=MAX_NOTEBOOK_MB << 20):
         os.close(fd)
 
 
-def check(path, max_mb=MAX_NOTEBOOK_MB):
-    """None if `path` would be read, else the reason it would be refused (one line)."""
+def cells_over(text, max_cells=MAX_CELLS):
+    """Why a notebook's JSON text has too many cells to grade, or None (also None for text that is
+    not a notebook: nbformat says why). Every cell costs the grader's process time and memory."""
     try:
-        read_checked(path, max_mb << 20)
+        nb = json.loads(text)
+    except ValueError:
+        return None
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    if isinstance(cells, list) and len(cells) > max_cells:
+        return (f"{len(cells)} cells, over the {max_cells} cell limit for a notebook; "
+                "ask the student for the answers in the released one")
+    return None
+
+
+def check(path, max_mb=MAX_NOTEBOOK_MB, max_cells=MAX_CELLS):
+    """None if `path` would be graded as far as its file goes, else the reason it would be refused."""
+    try:
+        data = read_checked(path, max_mb << 20)
     except RefusedSubmission as e:
         return str(e).split(": ", 1)[1]
-    return None
+    too_many = cells_over(data.decode("utf-8", "replace"), max_cells)
+    return f"not graded ({too_many})" if too_many else None
 
 
 MAX_ENTRIES = 2000  # files and directories in one submission
@@ -141,6 +160,7 @@ class CheckedNotebookExporter(NotebookExporter):
     """nbconvert's NotebookExporter, reading the file only through `read_checked` (module docstring)."""
 
     max_notebook_mb = Integer(MAX_NOTEBOOK_MB, help="largest submitted notebook graded, MiB").tag(config=True)
+    max_cells = Integer(MAX_CELLS, help="most cells in a submitted notebook graded").tag(config=True)
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -156,4 +176,8 @@ class CheckedNotebookExporter(NotebookExporter):
         path, basename = os.path.split(filename)  # what nbconvert's from_filename records
         resources["metadata"]["name"] = os.path.splitext(basename)[0]
         resources["metadata"]["path"] = path
-        return self.from_file(io.StringIO(data.decode("utf-8")), resources=resources, **kw)
+        text = data.decode("utf-8")
+        too_many = cells_over(text, self.max_cells)  # counted before nbformat builds and validates them
+        if too_many:
+            raise RefusedSubmission(f"{filename}: not graded ({too_many})")
+        return self.from_notebook_node(nbformat.reads(text, as_version=4), resources=resources, **kw)

@@ -65,6 +65,9 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
                           ("fifo", os.mkfifo)):
         (d / "submitted" / student / "bn_forward").mkdir(parents=True)
         make(d / "submitted" / student / "bn_forward" / "bn_forward.ipynb")
+    many_cells = json.loads(course.submission(d, "bn_forward"))
+    many_cells["cells"] += [{"cell_type": "markdown", "metadata": {}, "source": "x"}] * 1000
+    course.place(d, "bn_forward", {"manycells": json.dumps(many_cells)})  # 200,000 held a worker 6.7 min
     # beside a correct notebook: a link to /dev/zero and a FIFO (left out), or too many / too large files
     for student in ("devzero", "many", "bigfiles"):
         course.place(d, "bn_forward", {student: course.submission(d, "bn_forward")})
@@ -79,18 +82,20 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     for student, why in course.check_submissions(d, "bn_forward"):
         problems.setdefault(student, []).append(why)
     problems = {student: " | ".join(whys) for student, whys in problems.items()}
-    assert {s for s, why in problems.items() if "is not" in why} == {"huge", "linked", "fifo", "many", "bigfiles"}
+    refused = {"huge", "linked", "fifo", "many", "bigfiles", "manycells"}
+    assert {s for s, why in problems.items() if "is not" in why} == refused, problems
     assert "2 names" in problems["hardlinked"] and "2 names" in problems["zzz_control_correct"], problems
     assert "data.bin (a symbolic link)" in problems["devzero"] and "is not" not in problems["devzero"], problems
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     rc, log = course.nbgrader(d, "autograde", "bn_forward", "--force", quiet=True)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert rc != 0  # nbgrader reports the refused students as errors
-    for student in ("huge", "linked", "fifo", "many", "bigfiles"):
-        assert not list((d / "autograded" / student).rglob("*")), student  # nothing copied, nothing graded
+    for student in refused:
+        assert not list((d / "autograded" / student).rglob("*.ipynb")), student  # nothing graded
         assert f"for student '{student}'" in log
     assert "over the 32 MiB limit" in log and "a symlink" in log and "not a regular file" in log
-    assert "more than 2000 files" in log and "over the 256 MiB limit" in log
+    assert "more than 2000 files" in log and "over the 256 MiB limit" in log and "over the 1000 cell limit" in log
+    assert not list((d / "autograded" / "many").rglob("*")) and not list((d / "autograded" / "bigfiles").rglob("*"))
     assert sorted(p.name for p in (d / "autograded" / "devzero" / "bn_forward").iterdir()) == ["bn_forward.ipynb"]
     assert "left out, not copied: data.bin (a symbolic link); pipe (not a regular file" in log
     scores = {student: sum(score or 0 for score, _ in grades.values())
@@ -98,7 +103,7 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     assert scores["zzz_control_correct"] > scores["zzz_control_wrong"] == scores["aaa_control_wrong"] > 0, scores
     assert scores["hardlinked"] == scores["zzz_control_correct"]  # a copy, graded as one (and reported above)
     assert scores["devzero"] == scores["zzz_control_correct"]  # what was left out cost nothing
-    assert not {"huge", "linked", "fifo", "many", "bigfiles"} & {s for s, v in scores.items() if v}, scores
+    assert not refused & {s for s, v in scores.items() if v}, scores
     assert peak_mib < 1024 or before / 1024 >= 1024, peak_mib
 
 
