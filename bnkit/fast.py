@@ -196,6 +196,20 @@ def _channel_sums(dout: np.ndarray, xhat: np.ndarray, shape: Tuple[int, ...]) ->
             np.einsum("ij,ij->j", d2, x2).reshape(fold).sum(axis=0).reshape(shape))
 
 
+def _laid_out(arrays, vectors):
+    """(arrays, vectors) ready for elementwise passes: x-sized `arrays` (the last is the output)
+    seen as rows and per-channel `vectors` tiled into a row when batch norm's layout allows
+    (`_rows_for`), else the arrays as they are and the vectors half a page from the output
+    (`_apart`). The same values either way."""
+    out = arrays[-1]
+    same = all(v.shape == vectors[0].shape for v in vectors) and all(a.flags.c_contiguous for a in arrays)
+    rows = _rows_for(out, vectors[0].shape) if same else None
+    if rows is None:
+        return arrays, tuple(_apart(v, out) for v in vectors)
+    viewed = tuple(rows.view(a) for a in arrays)
+    return viewed, tuple(rows.spread(v, viewed[-1]) for v in vectors)
+
+
 def centre(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
     """(mean, x - mean) over `axes`, keepdims, accurate in float32 too:
     the data are shifted by one sample first (see `_common.first_sample`)."""
@@ -241,17 +255,12 @@ def normalize_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axes: 
         xc = x - mu
     inv_std = 1.0 / np.sqrt(var + eps)
     out = np.empty_like(xc, dtype=np.result_type(xc, gamma, beta))
-    rows = _rows_for(xc, inv_std.shape) if inv_std.shape == gamma.shape == beta.shape else None
-    if rows is not None:  # per channel: contiguous passes over rows
-        x2, o2 = rows.view(xc), rows.view(out)
-        np.multiply(x2, rows.spread(inv_std, x2), out=x2)
-        np.multiply(x2, rows.spread(gamma, o2), out=o2)
-        o2 += rows.spread(beta, o2)
-    else:
-        np.multiply(xc, _apart(inv_std, xc), out=xc)
-        np.multiply(xc, _apart(gamma, out), out=out)
-        out += _apart(beta, out)
-    xhat = xc  # normalised in place
+    (xc_,), (inv_std_,) = _laid_out((xc,), (inv_std,))  # seen as rows where batch norm's layout allows
+    np.multiply(xc_, inv_std_, out=xc_)  # xc becomes xhat, in place
+    (xhat_, out_), (gamma_, beta_) = _laid_out((xc, out), (gamma, beta))
+    np.multiply(xhat_, gamma_, out=out_)
+    out_ += beta_
+    xhat = xc
     m = int(np.prod([x.shape[a] for a in axes]))
     return out, NormCache(xhat, gamma, inv_std, axes, m, batch), (mu, var)
 
@@ -277,19 +286,12 @@ def normalize_backward(dout: np.ndarray, cache: NormCache) -> Tuple[np.ndarray, 
         # in place in one fresh array (large temporaries cost page faults),
         # the per-channel vectors half a page from it (see `_apart`)
         dx = np.empty_like(xhat, dtype=np.result_type(xhat, sum_dout_xhat))
-        a, b, c = sum_dout_xhat / m, sum_dout / m, gamma * inv_std
-        same = a.shape == b.shape == c.shape and dout.flags.c_contiguous and xhat.flags.c_contiguous
-        rows = _rows_for(dx, a.shape) if same else None
-        if rows is not None:  # per channel (batch norm): contiguous passes over rows
-            d2, x2, dx2 = rows.view(dout), rows.view(xhat), rows.view(dx)
-            a, b, c = (rows.spread(v, dx2) for v in (a, b, c))
-        else:
-            d2, x2, dx2 = dout, xhat, dx
-            a, b, c = (_apart(v, dx) for v in (a, b, c))
-        np.multiply(x2, a, out=dx2)
-        dx2 += b
-        np.subtract(d2, dx2, out=dx2)
-        dx2 *= c
+        vectors = (sum_dout_xhat / m, sum_dout / m, gamma * inv_std)
+        (d, xh, out), (a, b, c) = _laid_out((dout, xhat, dx), vectors)  # out is dx, maybe seen as rows
+        np.multiply(xh, a, out=out)
+        out += b
+        np.subtract(d, out, out=out)
+        out *= c
     else:  # gamma varies inside a group (group norm): the general form
         dxhat = dout * gamma
         dx = inv_std * (
