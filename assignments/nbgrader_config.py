@@ -105,8 +105,9 @@ from bngrade.integrity_preprocessors import (DropInstructorNotes, FeedbackShowsO
 # report says so: nbgrader's own add_missing_cells raised KeyError when the cell before the deleted one
 # was not a grade cell (e.g. the first test after the "## Tests" heading), and that student got 0/0.
 c.OverwriteCells.add_missing_cells = False
-# The submitted notebook is read as data (bngrade.submission_file): a regular file with one link, never
-# followed, at most 32 MiB, checked before a byte is read; a refused one is that student's error, no grade.
+# The submitted notebook is read as data (bngrade.submission_file): a regular file, never followed, at most
+# 32 MiB and 1000 cells, checked before it is parsed; a refused one is that student's error, no grade. The
+# exporter also keeps links, FIFOs and devices out of nbgrader's copy of the submission's other files.
 c.Autograde.exporter_class = "bngrade.submission_file.CheckedNotebookExporter"
 c.Autograde.sanitize_preprocessors = [ClearOutput, KeepLastDuplicate, RestoreMissingCells, OverwriteKernelspec,
                                       OverwriteCells, CheckCellMetadata]

@@ -11,24 +11,13 @@ leaves out symbolic links, FIFOs, sockets and devices, says so in the
 submit's output, and copies the rest as nbgrader does (ignore globs,
 include globs, size limits, permissions).
 """
-import glob
-import os
-
 from nbgrader.exchange.default.submit import ExchangeSubmit
 
-from .submission_file import unsafe_entries
+from .submission_file import leaving_out, unsafe_entries
 
 
 class SafeExchangeSubmit(ExchangeSubmit):
     def do_copy(self, src, dest, log=None):
         skip, _ = unsafe_entries(src, max_entries=10 ** 9, max_total_mb=10 ** 9)  # size: nbgrader's own limits
-        if not skip:
+        with leaving_out(self.coursedir, skip, self.log, "left out of the submission (not regular files)"):
             return super().do_copy(src, dest, log)
-        self.log.warning("left out of the submission (not regular files): %s",
-                         ", ".join(f"{rel} ({why})" for rel, why in skip[:20]))
-        ignore = list(self.coursedir.ignore)  # nbgrader's copy skips names matching these globs
-        self.coursedir.ignore = ignore + sorted({glob.escape(os.path.basename(rel)) for rel, _ in skip})
-        try:
-            return super().do_copy(src, dest, log)
-        finally:
-            self.coursedir.ignore = ignore

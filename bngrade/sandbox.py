@@ -326,20 +326,14 @@ class SandboxedExecute(OutputCaps, Execute):
     def _notebook_refused(self, resources):
         """Why the submitted notebook itself may not run (a link, not a file), or None.
 
-        A hard link runs: it was read for what it holds (`bngrade.submission_file`), and refusing it
-        would refuse the classmate whose file it also names; the log says so, as does make autograde's
-        check of the files."""
+        A hard link runs: it was read for what it holds (`bngrade.submission_file`, which logs it), and
+        refusing it would refuse the classmate whose file it also names."""
         meta = (resources or {}).get("metadata", {})
         submitted = self._submitted_dir(meta.get("path") or ".")
         if submitted is None or not meta.get("name"):
             return None
         name = meta["name"] + ".ipynb"
-        why = submission_refusals(submitted, [name]).get(name)
-        if why and why.startswith("a hard link"):
-            self.log.warning("bngrade: %s/%s is %s: graded for what it holds; it is the same file as another name",
-                             submitted, name, why)
-            return None
-        return why
+        return submission_refusals(submitted, [name], hard_links_ok=True).get(name)
 
     # ------------------------------------------------------------------ the time budget
     def time_budget(self, resources):

@@ -25,15 +25,16 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
-def _kind(st):
-    """Why a file of this stat is not given to the kernel, or None when it is."""
+def _kind(st, hard_links_ok=False):
+    """Why a file of this stat is not given to the kernel, or None when it is (a hard link too,
+    with hard_links_ok: the submitted notebook, which is read for what it holds)."""
     if stat.S_ISDIR(st.st_mode):
         return None
     if stat.S_ISLNK(st.st_mode):
         return "a symbolic link"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file (FIFO, socket or device)"
-    if st.st_nlink != 1:
+    if st.st_nlink != 1 and not hard_links_ok:
         return f"a hard link ({st.st_nlink} names for one file)"
     return None
 
@@ -56,12 +57,12 @@ def _lstat_under(root, relative):
             os.close(f)
 
 
-def submission_refusals(submitted, relatives):
+def submission_refusals(submitted, relatives, hard_links_ok=False):
     """{relative path: why} for those of `relatives` that are not plain files in `submitted` (absent: fine)."""
     refused = {}
     for rel in relatives:
         st = _lstat_under(submitted, rel)
-        why = None if st is None else _kind(st)
+        why = None if st is None else _kind(st, hard_links_ok)
         if why:
             refused[rel] = f"{why} in the submission"
     return refused

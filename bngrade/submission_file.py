@@ -31,6 +31,7 @@ import glob
 import json
 import os
 import stat
+from contextlib import contextmanager
 
 import nbformat
 from nbconvert.exporters import NotebookExporter
@@ -130,6 +131,24 @@ def unsafe_entries(directory, max_entries=MAX_ENTRIES, max_total_mb=MAX_TOTAL_MB
     return skip, None
 
 
+@contextmanager
+def leaving_out(coursedir, skip, log, message):
+    """nbgrader's copies (autograde's of a submission, the exchange's submit) skip the names in
+    `skip` ([(relative path, why)] from `unsafe_entries`) while this lasts: their base names, as
+    exact globs, join `coursedir.ignore`, which those copies honour; the log says `message` and
+    names them."""
+    if not skip:
+        yield
+        return
+    log.warning("%s: %s", message, "; ".join(f"{rel} ({why})" for rel, why in skip[:20]))
+    ignore = list(coursedir.ignore)
+    coursedir.ignore = ignore + sorted({glob.escape(os.path.basename(rel)) for rel, _ in skip})
+    try:
+        yield
+    finally:
+        coursedir.ignore = ignore
+
+
 def guard_assignment_copy(converter):
     """Make `converter.init_assignment` (nbgrader's copy of a submission's other files) leave out
     what `unsafe_entries` says to skip, and refuse, as that student's error, a submission it says
@@ -142,16 +161,8 @@ def guard_assignment_copy(converter):
         skip, refuse = unsafe_entries(source) if os.path.isdir(source) else ([], None)
         if refuse:
             raise RefusedSubmission(f"{source}: not graded, nothing copied ({refuse})")
-        if not skip:
+        with leaving_out(converter.coursedir, skip, converter.log, f"bngrade: {source}: left out, not copied"):
             return copy(assignment_id, student_id)
-        converter.log.warning("bngrade: %s: left out, not copied: %s", source,
-                              "; ".join(f"{rel} ({why})" for rel, why in skip[:20]))
-        ignore = list(converter.coursedir.ignore)  # nbgrader skips names matching these globs
-        converter.coursedir.ignore = ignore + sorted({glob.escape(os.path.basename(rel)) for rel, _ in skip})
-        try:
-            return copy(assignment_id, student_id)
-        finally:
-            converter.coursedir.ignore = ignore
 
     converter.init_assignment = init_assignment
 
@@ -169,6 +180,10 @@ class CheckedNotebookExporter(NotebookExporter):
 
     def from_filename(self, filename, resources=None, **kw):
         data = read_checked(filename, self.max_notebook_mb << 20)
+        links = os.lstat(filename).st_nlink
+        if links > 1:
+            self.log.warning("bngrade: %s has %d names (a hard link): graded for what it holds; it is the very "
+                             "file of another name", filename, links)
         if resources is None:
             resources = ResourcesDict()
         if not resources.get("metadata"):
