@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import catalogue  # noqa: E402
-from bngrade import COURSE_CONFIG, submission_file  # noqa: E402
+from bngrade import COURSE_CONFIG, sandbox_files, submission_file  # noqa: E402
 from bngrade.autograde import gradebook_scores as scores, table  # noqa: E402,F401 (one grade table)
 
 ASSIGNMENTS = ["bn_forward", "bn_backward_graph", "bn_backward_fast", "bn_spatial_layernorm"]
@@ -244,7 +244,7 @@ def check_submissions(course, assignment):
             problems.append((student, f"the submission is not graded, nothing copied: {refuse}"))
             continue
         if skip:
-            problems.append((student, "left out, not copied: " + "; ".join(f"{r} ({why})" for r, why in skip)))
+            problems.append((student, "left out, not copied: " + sandbox_files.listing(skip, limit=len(skip))))
         refused = submission_file.check(path)
         if refused:  # what autograde's exporter would refuse, before reading it
             problems.append((student, f"the notebook is {refused}"))

@@ -51,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bngrade.sandbox_files import copy_given_files
+from bngrade.sandbox_files import copy_given_files, listing
 
 ERROR_LINE = "There was an error processing assignment"
 
@@ -177,8 +177,8 @@ def grade_one(course, assignment, student, out, gradebook=None):
         result = dict(student=student, assignment=assignment, returncode=rc, ok=graded.is_dir() and ERROR_LINE
                       not in log, scores=scores, seconds=round(time.monotonic() - t0, 3), grader_maxrss_kib=maxrss,
                       timed_out="running the notebook once more" in log or "ran past" in log,
-                      warnings=[f"bngrade: {student}: not given to the kernel: {name} ({why})"
-                                for name, why in sorted(refused.items())[:5]]
+                      warnings=[f"bngrade: {student}: not given to the kernel: {listing([entry])}"
+                                for entry in sorted(refused.items())[:5]]
                       + [line for line in log.splitlines() if "bngrade:" in line and "WARNING" in line][-5:],
                       submission_sha256=digest)
     finally:

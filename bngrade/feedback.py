@@ -26,9 +26,11 @@ from traitlets import Unicode
 REPO = Path(__file__).resolve().parents[1]
 MATHJAX_CANDIDATES = (REPO / "node_modules" / "mathjax" / "es5" / "tex-svg.js",
                       REPO / "book" / "_extra" / "mathjax" / "tex-svg.js")
+# Student TeX gets base, ams, newcommand and configmacros only: no autoload or \require, so no \href, \style,
+# \class or \cssId (MathJax's html extension: a link, or a position: fixed box over the page), and no fetch.
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
-        processEscapes: true, processEnvironments: true},
+        processEscapes: true, processEnvironments: true, packages: {'[-]': ['autoload', 'require']}},
   svg: {fontCache: 'global'},
   options: {enableMenu: false}
 };"""

@@ -8,8 +8,10 @@ image/svg+xml, application/javascript). The policy, in one place:
 - `sanitize(html)` keeps only inert markup (nh3, the Ammonia sanitizer):
   no script, style, iframe, object, embed, form or input elements, no event
   handler, `style`, `id` or `name` attribute (ids could clobber the page's own
-  script globals), links only to http(s), mailto and in-page anchors, images
-  only from `data:image/...` (no external load, no tracking pixel).
+  script globals), only the classes nbconvert and Pygments write (no page
+  class that positions or hides), links only to http(s), mailto and in-page
+  anchors, images only from `data:image/...` (no external load, no tracking
+  pixel).
 - The course config (assignments/nbgrader_config.py) routes every student
   string through it, for nbgrader's feedback *and* the formgrader, which both
   use nbconvert's HTMLExporter with the course's config:
@@ -34,12 +36,17 @@ TAGS = (set(nh3.ALLOWED_TAGS) | {"div", "span", "pre", "code", "table", "thead",
 ATTRIBUTES = {"*": {"class", "title", "lang", "dir"}, "a": {"href"}, "img": {"src", "alt", "width", "height"},
               "td": {"colspan", "rowspan", "align"}, "th": {"colspan", "rowspan", "align"}}
 IMAGE_DATA = re.compile(r"data:image/(png|jpeg|gif|webp|svg\+xml)[;,]", re.I)
+# The classes nbconvert's markdown and Pygments write; any other class would borrow the page's own CSS (the
+# formgrader's Bootstrap `affix` is `position: fixed`: a student's link laid over the grading page).
+OWN_CLASSES = re.compile(r"[a-z][a-z0-9]{0,2}|highlight|anchor-link|task-list-item|language-[\w+#-]+")
 
 
 def _attribute(tag, attr, value):
     """nh3's attribute filter: external loads and non-anchor links go."""
     if attr == "src":
         return value if IMAGE_DATA.match(value.strip()) else None
+    if attr == "class":
+        return " ".join(c for c in value.split() if OWN_CLASSES.fullmatch(c)) or None
     if attr == "href":
         v = value.strip().lower()
         return value if v.startswith(("http://", "https://", "mailto:", "#")) else None

@@ -75,7 +75,7 @@ from bngrade import sandbox_policy as policy
 from bngrade.output_caps import OutputCaps
 from bngrade.sandbox_bwrap import kernel_site_binds, sandbox_argv  # noqa: F401 (kernel_site_binds: re-exported)
 from bngrade.sandbox_cgroup import Cgroup, CgroupUnavailable, sweep_stale
-from bngrade.sandbox_files import (copy_given_files, private_tmpfs, read_results,  # noqa: F401 (re-exported)
+from bngrade.sandbox_files import (copy_given_files, listing, private_tmpfs, read_results,  # noqa: F401 (re-exported)
                                    run_dir_prefix, submission_refusals, sweep_stale_mounts, unmount)
 from bngrade.sandbox_harvest import harvest, log_tail, mark_not_run
 from bngrade.sandbox_kernel import (SandboxedKernelClient, SandboxedKernelManager,  # noqa: F401 (re-exported)
@@ -312,7 +312,7 @@ class SandboxedExecute(OutputCaps, Execute):
                 refused[rel] = why
         if refused:
             self.log.warning("bngrade: %s: not given to the kernel: %s", submitted or source,
-                             "; ".join(f"{k} ({v})" for k, v in sorted(refused.items())[:20]))
+                             listing(sorted(refused.items())))
         return refused
 
     @staticmethod

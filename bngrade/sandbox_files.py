@@ -9,6 +9,9 @@
 - `submission_refusals`: the same test on nbgrader's submitted/ directory:
   nbgrader's own copy into autograded/ follows links, so a link or hard link
   there would arrive in autograded/ as an ordinary file.
+- `listing`: those names for a log line, a name with control or invisible
+  characters quoted (a file name is the student's text in the instructor's
+  terminal: an escape sequence could clear it or forge a log line).
 - `read_results`: the bounded result files, read from the live sandbox.
 - `private_tmpfs` / `unmount`: the run's IPC directory as a small host tmpfs
   (as root), so that what the kernel writes there is bounded and gone when
@@ -23,6 +26,11 @@ import stat
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+
+
+def listing(entries, limit=20):
+    """'name (why); ...' for [(relative path, why)], the first `limit`, each name printable as it is or quoted."""
+    return "; ".join(f"{rel if rel.isprintable() else ascii(rel)} ({why})" for rel, why in list(entries)[:limit])
 
 
 def _kind(st, hard_links_ok=False):

@@ -11,8 +11,10 @@ a symlink, a FIFO or a device would be followed, block, or never end.
 O_NONBLOCK, refuses anything but a regular file, refuses a file over
 `max_notebook_mb` before reading a byte of it, reads at most that much
 from the descriptor it checked, and refuses a notebook of more than
-`max_cells` cells before any preprocessor runs (200,000 empty markdown
-cells, 11 MiB, held the grader 6.7 minutes at 1.24 GiB). A hard link is read for what it holds:
+`max_cells` cells, or of lists and dicts nested more than 64 levels,
+before any preprocessor runs (200,000 empty markdown cells, 11 MiB, held
+the grader 6.7 minutes at 1.24 GiB; 100,000 levels of metadata raised
+RecursionError in the grader and in `make autograde`'s check). A hard link is read for what it holds:
 refusing it would refuse the classmate whose file it names too; it is a
 copy, which `make autograde`'s check (`course.check_submissions`, by the
 link count) and the class report's near-copies point out. nbgrader reports a refused
@@ -24,8 +26,8 @@ The exporter also guards nbgrader's copy of the submission's *other* files,
 which runs before any notebook is read (`guard_assignment_copy`): a
 symbolic link, FIFO, socket or device anywhere in the submission is left
 out (and the log says so); more than 2000 entries or more than 256 MiB of
-files refuse the submission, as that student's error, before anything is
-copied.
+files, or directories nested more than 16 deep, refuse the submission, as
+that student's error, before anything is copied.
 """
 import glob
 import json
@@ -38,8 +40,11 @@ from nbconvert.exporters import NotebookExporter
 from nbconvert.exporters.exporter import ResourcesDict
 from traitlets import Integer
 
+from .sandbox_files import listing
+
 MAX_NOTEBOOK_MB = 32  # a released notebook is ~50 KB; answers with pasted images stay far below
 MAX_CELLS = 1000  # a released notebook has 12-14 cells; 200,000 empty cells (11 MiB) held a worker 6.7 min
+MAX_NESTING = 64  # levels of lists and dicts; a notebook has about 8 (metadata may add a few)
 
 
 class RefusedSubmission(ValueError):
@@ -74,17 +79,36 @@ def read_checked(path, max_bytes=MAX_NOTEBOOK_MB << 20):
         os.close(fd)
 
 
-def cells_over(text, max_cells=MAX_CELLS):
-    """Why a notebook's JSON text has too many cells to grade, or None (also None for text that is
-    not a notebook: nbformat says why). Every cell costs the grader's process time and memory."""
+def _nesting(value):
+    """How deep lists and dicts nest in a JSON value, measured without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def cells_over(text, max_cells=MAX_CELLS, max_nesting=MAX_NESTING):
+    """Why a notebook's JSON text is not graded, or None (also None for text that is not a notebook:
+    nbformat says why): too many cells (each costs the grader's process time and memory), or
+    lists and dicts nested deeper than a notebook's ~8 levels (nbformat, nbconvert and Python's
+    json recurse: 100,000 levels, 600 KB, raised RecursionError in the grader)."""
+    again = "ask the student for the answers in the released one"
     try:
         nb = json.loads(text)
     except ValueError:
         return None
+    except RecursionError:
+        return f"lists and dicts nested over the {max_nesting} level limit; {again}"
     cells = nb.get("cells") if isinstance(nb, dict) else None
     if isinstance(cells, list) and len(cells) > max_cells:
-        return (f"{len(cells)} cells, over the {max_cells} cell limit for a notebook; "
-                "ask the student for the answers in the released one")
+        return f"{len(cells)} cells, over the {max_cells} cell limit for a notebook; {again}"
+    if _nesting(nb) > max_nesting:
+        return f"lists and dicts nested over the {max_nesting} level limit; {again}"
     return None
 
 
@@ -94,38 +118,46 @@ def check(path, max_mb=MAX_NOTEBOOK_MB, max_cells=MAX_CELLS):
         data = read_checked(path, max_mb << 20)
     except RefusedSubmission as e:
         return str(e).split(": ", 1)[1]
-    too_many = cells_over(data.decode("utf-8", "replace"), max_cells)
-    return f"not graded ({too_many})" if too_many else None
+    why = cells_over(data.decode("utf-8", "replace"), max_cells)
+    return f"not graded ({why})" if why else None
 
 
 MAX_ENTRIES = 2000  # files and directories in one submission
 MAX_TOTAL_MB = 256  # their sizes together (nbgrader copies every one into autograded/)
+MAX_DEPTH = 16  # directory levels (nbgrader's copy and Python's os.walk recurse: 1900 levels raised RecursionError)
 
 
-def unsafe_entries(directory, max_entries=MAX_ENTRIES, max_total_mb=MAX_TOTAL_MB):
+def unsafe_entries(directory, max_entries=MAX_ENTRIES, max_total_mb=MAX_TOTAL_MB, max_depth=MAX_DEPTH):
     """(skip, refuse) for a submission directory, before nbgrader's copy touches it.
 
     nbgrader's autograde copies every file of submitted/<student>/<assignment>/ into autograded/
     with shutil.copy, before any notebook is read: it follows a symbolic link (a link to /dev/zero
     writes zeros until the disk is full; a link to a host file copies it as root), blocks on
-    nothing but a FIFO, and has no bound on count or size. Nothing is followed here (lstat).
-    skip: [(relative path, why)] for links, FIFOs, sockets and devices, which the copy must leave
-    out (an accident the grader can repair: the rest is graded); refuse: why the whole submission
-    is not copied (more than max_entries entries, more than max_total_mb of files), or None."""
+    nothing but a FIFO, and has no bound on count, size or depth. Nothing is followed here (lstat),
+    and the walk keeps its own stack. skip: [(relative path, why)] for links, FIFOs, sockets and
+    devices, which the copy must leave out (an accident the grader can repair: the rest is graded);
+    refuse: why the whole submission is not copied (more than max_entries entries, more than
+    max_total_mb of files, directories nested deeper than max_depth), or None."""
     skip, total, count = [], 0, 0
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
-        for name in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, name)
+    stack = [(directory, 1)]
+    while stack:
+        here, depth = stack.pop()
+        for name in sorted(os.listdir(here)):
+            path = os.path.join(here, name)
             st = os.lstat(path)
             count += 1
+            if count > max_entries:
+                return skip, f"more than {max_entries} files and directories"
             if stat.S_ISLNK(st.st_mode):
                 skip.append((os.path.relpath(path, directory), "a symbolic link"))
-            elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                skip.append((os.path.relpath(path, directory), "not a regular file (FIFO, socket or device)"))
+            elif stat.S_ISDIR(st.st_mode):
+                if depth >= max_depth:
+                    return skip, f"directories nested more than {max_depth} deep"
+                stack.append((path, depth + 1))
             elif stat.S_ISREG(st.st_mode):
                 total += st.st_size
-        if count > max_entries:
-            return skip, f"more than {max_entries} files and directories"
+            else:
+                skip.append((os.path.relpath(path, directory), "not a regular file (FIFO, socket or device)"))
     if total > max_total_mb << 20:
         return skip, f"{total >> 20} MiB of files, over the {max_total_mb} MiB limit"
     return skip, None
@@ -140,7 +172,7 @@ def leaving_out(coursedir, skip, log, message):
     if not skip:
         yield
         return
-    log.warning("%s: %s", message, "; ".join(f"{rel} ({why})" for rel, why in skip[:20]))
+    log.warning("%s: %s", message, listing(skip))
     ignore = list(coursedir.ignore)
     coursedir.ignore = ignore + sorted({glob.escape(os.path.basename(rel)) for rel, _ in skip})
     try:
@@ -192,7 +224,7 @@ class CheckedNotebookExporter(NotebookExporter):
         resources["metadata"]["name"] = os.path.splitext(basename)[0]
         resources["metadata"]["path"] = path
         text = data.decode("utf-8")
-        too_many = cells_over(text, self.max_cells)  # counted before nbformat builds and validates them
-        if too_many:
-            raise RefusedSubmission(f"{filename}: not graded ({too_many})")
+        why = cells_over(text, self.max_cells)  # counted before nbformat builds and validates them
+        if why:
+            raise RefusedSubmission(f"{filename}: not graded ({why})")
         return self.from_notebook_node(nbformat.reads(text, as_version=4), resources=resources, **kw)

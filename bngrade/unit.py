@@ -40,7 +40,7 @@ import threading
 from pathlib import Path
 
 from bngrade import COURSE_CONFIG
-from bngrade.sandbox_files import copy_given_files
+from bngrade.sandbox_files import copy_given_files, listing
 
 MAX_RESULT_BYTES = 64 << 20
 
@@ -138,8 +138,8 @@ def pack_submission(course, assignment, student):
     with tempfile.TemporaryDirectory(prefix="bngrade-pack-") as tmp:
         given = Path(tmp) / "given"
         refused, _ = copy_given_files(Path(course) / "submitted" / student / assignment, given)
-        for name, why in sorted(refused.items())[:5]:
-            print(f"bngrade: {student}: not packed for grading: {name} ({why})", file=sys.stderr)
+        for entry in sorted(refused.items())[:5]:
+            print(f"bngrade: {student}: not packed for grading: {listing([entry])}", file=sys.stderr)
         return _tar_bytes([(given, f"submitted/{student}/{assignment}")])
 
 

@@ -45,6 +45,12 @@ def js(kind):
             f"fetch('{SINK}{kind}').catch(function(){{}});console.log('PWNED-{kind}')")
 
 
+# Math a student writes in an answer: MathJax's html extension would draw this link over the whole page.
+MATH_OVERLAY = r"$\style{position:fixed;top:0;left:0}{\href{https://example.invalid/login}{\text{overlay}}}$"
+MATH_ESCAPES = """[...document.querySelectorAll('mjx-container *')].filter(e =>
+  e.tagName.toLowerCase() === 'a' || ['fixed', 'sticky'].includes(getComputedStyle(e).position)).length"""
+
+
 SVG_DOC = (f'<svg xmlns="http://www.w3.org/2000/svg" width="20" height="20" onload="{js("svg-attr")}">'
            f'<script>{js("svg-script")}</script><circle cx="10" cy="10" r="8"/></svg>')
 ANSWER = f"""Batch statistics at test time would make
@@ -60,6 +66,9 @@ $\\hat{{x}} = \\frac{{x - \\mu}}{{\\sqrt{{\\sigma^2 + \\epsilon}}}}$ depend on t
 <details open ontoggle="{js('md-toggle')}"><summary>s</summary>d</details>
 <style>body {{ background: url({SINK}css) }}</style>
 <div style="background-image: url({SINK}style-attr)">styled</div>
+<div class="affix navbar-fixed-top"><a href="https://example.invalid/login"><img alt="overlay" width="2000"
+height="2000" src="data:image/gif;base64,R0lGODlhAQABAAAAACw="></a></div>
+{MATH_OVERLAY}
 
 ![an svg attachment](attachment:evil.svg) ![an html attachment](attachment:evil.html)
 """
@@ -116,10 +125,24 @@ def browser():
         b.close()
 
 
+# The student's link-wrapped image, classed as the formgrader's Bootstrap `affix` (position: fixed): the
+# elements around the image of that alt that the page's CSS pins over the view (null: no such image).
+PINNED = """(alt) => {
+  const img = document.querySelector('img[alt="' + alt + '"]');
+  if (!img) return null;
+  const pinned = [];
+  for (let e = img; e; e = e.parentElement) {
+    const p = getComputedStyle(e).position;
+    if (p === 'fixed' || p === 'sticky') pinned.push(e.tagName + '.' + e.className + ': ' + p);
+  }
+  return pinned;
+}"""
+
+
 def _visit(browser, url, settle_s=3, click=True, route=None):
     """Load url (through route(route) if given: Playwright's page.route for that url); return the
-    requests seen, console lines, title, window.pwned, page text, MathJax count, and whether the
-    formgrader's own inline scripts ran (its globals)."""
+    requests seen, console lines, title, window.pwned, page text, MathJax count, whether the
+    formgrader's own inline scripts ran (its globals), and what pins the student's overlay."""
     page = browser.new_page()
     if route:
         page.route(url, route)
@@ -134,7 +157,9 @@ def _visit(browser, url, settle_s=3, click=True, route=None):
     result = dict(requests=requests, console=console, title=page.title(), pwned=page.evaluate("window.pwned || null"),
                   text=page.inner_text("body"),
                   mathjax=page.evaluate("document.querySelectorAll('mjx-container').length"),
-                  own_scripts=page.evaluate("typeof toggle_name === 'function' && typeof submission_id === 'string'"))
+                  own_scripts=page.evaluate("typeof toggle_name === 'function' && typeof submission_id === 'string'"),
+                  pinned={alt: page.evaluate(PINNED, alt) for alt in ("overlay", "planted-overlay")},
+                  math_escapes=page.evaluate(MATH_ESCAPES))
     page.close()
     return result
 
@@ -144,6 +169,8 @@ def _assert_inert(seen):
     assert "PWNED" not in seen["title"], seen["title"]
     assert not [u for u in seen["requests"] if "pwned" in u], seen["requests"]
     assert not [line for line in seen["console"] if "PWNED" in line], seen["console"]
+    assert seen["pinned"]["overlay"] == [], seen["pinned"]  # shown, not laid over the page by the page's CSS
+    assert seen["math_escapes"] == 0  # the answer's \style / \href math drew no link and no pinned box
 
 
 def test_feedback_page_runs_no_student_script_and_typesets_math_offline(course_dir, browser):
@@ -233,13 +260,15 @@ def test_the_formgraders_policy_alone_stops_a_script_past_the_sanitiser(course_d
         html, csp = r.read().decode(), r.headers["Content-Security-Policy"]
     planted = (f"<script>{js('csp-script')}</script><img src=x onerror=\"{js('csp-img')}\">"
                f"<a id=jslink href=\"javascript:{js('csp-link')}\">l</a>"
-               f"<button id=formbutton onclick=\"{js('csp-click')}\">b</button>")
+               f"<button id=formbutton onclick=\"{js('csp-click')}\">b</button>"
+               '<div class="affix"><img alt="planted-overlay" src="data:image/gif;base64,R0lGODlhAQABAAAAACw="></div>')
     start = html.index('id="notebook-container"')
     html = html[:start] + html[start:].replace("</div>", "</div>" + planted, 1)
     seen = _visit(browser, url, route=lambda route: route.fulfill(
         status=200, body=html, headers={"Content-Type": "text/html", "Content-Security-Policy": csp}))
     _assert_inert(seen)
     assert seen["own_scripts"] and seen["mathjax"] > 0  # while the page's own scripts and MathJax run
+    assert seen["pinned"]["planted-overlay"], seen["pinned"]  # the page's CSS pins what the sanitiser strips
 
 
 def test_the_payloads_do_run_in_an_unsanitised_page(course_dir, browser, tmp_path):
@@ -250,3 +279,26 @@ def test_the_payloads_do_run_in_an_unsanitised_page(course_dir, browser, tmp_pat
     page.write_text(html)
     seen = _visit(browser, page.as_uri(), settle_s=2, click=False)  # (the form's button would navigate away)
     assert seen["pwned"] and "md-img" in seen["pwned"] and "out-html-img" in seen["pwned"], seen["pwned"]
+
+
+@pytest.mark.parametrize("config", ["mathjax_default", "bngrade"])
+def test_student_tex_draws_no_link_or_pinned_box(browser, tmp_path, config):
+    """The same math under MathJax's own configuration (extensions autoloaded, here from the npm copy on
+    disk) gives a pinned link: the detector works. Under the configuration feedback pages and the
+    formgrader use (bngrade.feedback.MATHJAX_CONFIG: no autoload, no \\require) it gives none."""
+    from bngrade.feedback import MATHJAX_CONFIG
+    tex_svg = ROOT / "node_modules" / "mathjax" / "es5" / "tex-svg.js"
+    if not tex_svg.is_file():
+        pytest.skip("make mathjax has not been run")
+    setup = MATHJAX_CONFIG if config == "bngrade" else "window.MathJax = {tex: {inlineMath: [['$', '$']]}};"
+    page_file = tmp_path / "math.html"
+    page_file.write_text(f"<html><head><script>{setup}</script><script src='{tex_svg.as_uri()}'></script></head>"
+                         f"<body><p>answer: {MATH_OVERLAY}</p></body></html>")
+    page = browser.new_page()
+    page.goto(page_file.as_uri(), wait_until="load", timeout=180_000)
+    page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=60_000)
+    page.evaluate("MathJax.startup.promise")
+    typeset, escapes = page.evaluate("document.querySelectorAll('mjx-container').length"), page.evaluate(MATH_ESCAPES)
+    page.close()
+    assert typeset == 1
+    assert escapes == 0 if config == "bngrade" else escapes > 0, escapes

@@ -68,21 +68,26 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     many_cells = json.loads(course.submission(d, "bn_forward"))
     many_cells["cells"] += [{"cell_type": "markdown", "metadata": {}, "source": "x"}] * 1000
     course.place(d, "bn_forward", {"manycells": json.dumps(many_cells)})  # 200,000 held a worker 6.7 min
+    deep_json = course.submission(d, "bn_forward").replace('"metadata": {', '"metadata": {"x": ' + '[' * 100_000
+                                                            + ']' * 100_000 + ', ', 1)
+    course.place(d, "bn_forward", {"deepjson": deep_json})  # RecursionError in the grader and in the check
     # beside a correct notebook: a link to /dev/zero and a FIFO (left out), or too many / too large files
-    for student in ("devzero", "many", "bigfiles"):
+    for student in ("devzero", "many", "bigfiles", "deep"):
         course.place(d, "bn_forward", {student: course.submission(d, "bn_forward")})
     extra = d / "submitted" / "devzero" / "bn_forward"
     (extra / "data.bin").symlink_to("/dev/zero")  # nbgrader's shutil.copy would write zeros until the disk is full
     os.mkfifo(extra / "pipe")
+    (extra / "\x1b[2J\n[AutogradeApp | INFO] all good").symlink_to("/dev/zero")  # a name that writes to the terminal
     for i in range(2001):
         (d / "submitted" / "many" / "bn_forward" / f"f{i}.txt").write_text("x")
     with open(d / "submitted" / "bigfiles" / "bn_forward" / "big.npy", "wb") as f:
         f.truncate(257 << 20)  # sparse here, but a copy would write it all
+    (d / "submitted" / "deep" / "bn_forward" / "/".join(["d"] * 40)).mkdir(parents=True)  # 1900 levels: RecursionError
     problems = {}  # make autograde says so first
     for student, why in course.check_submissions(d, "bn_forward"):
         problems.setdefault(student, []).append(why)
     problems = {student: " | ".join(whys) for student, whys in problems.items()}
-    refused = {"huge", "linked", "fifo", "many", "bigfiles", "manycells"}
+    refused = {"huge", "linked", "fifo", "many", "bigfiles", "manycells", "deep", "deepjson"}
     assert {s for s, why in problems.items() if "is not" in why} == refused, problems
     assert "2 names" in problems["hardlinked"] and "2 names" in problems["zzz_control_correct"], problems
     assert "data.bin (a symbolic link)" in problems["devzero"] and "is not" not in problems["devzero"], problems
@@ -100,9 +105,13 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
         assert f"for student '{student}'" in log
     assert "over the 32 MiB limit" in log and "a symlink" in log and "not a regular file" in log
     assert "more than 2000 files" in log and "over the 256 MiB limit" in log and "over the 1000 cell limit" in log
-    assert not list((d / "autograded" / "many").rglob("*")) and not list((d / "autograded" / "bigfiles").rglob("*"))
+    assert "directories nested more than 16 deep" in log and "nested over the 64 level limit" in log
+    for student in ("many", "bigfiles", "deep"):
+        assert not list((d / "autograded" / student).rglob("*")), student
     assert sorted(p.name for p in (d / "autograded" / "devzero" / "bn_forward").iterdir()) == ["bn_forward.ipynb"]
-    assert "left out, not copied: data.bin (a symbolic link); pipe (not a regular file" in log
+    assert "left out, not copied: '\\x1b[2J\\n[AutogradeApp | INFO] all good' (a symbolic link); data.bin (a symbolic " \
+           "link); pipe (not a regular file" in log
+    assert "\x1b[2J" not in log and "\x1b[2J" not in problems["devzero"]  # named, quoted, never written raw
     scores = {student: sum(score or 0 for score, _ in grades.values())
               for student, grades in course.scores(d, "bn_forward").items()}
     assert scores["zzz_control_correct"] > scores["zzz_control_wrong"] == scores["aaa_control_wrong"] > 0, scores
@@ -117,7 +126,8 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
 def test_nbgrader_submit_leaves_out_a_link_to_dev_zero(tmp_path):
     """A student's own `nbgrader submit` through the hub's exchange (bngrade.exchange): nbgrader's
     copytree would follow data.bin -> /dev/zero and fill the shared disk; the notebook arrives,
-    the link and a FIFO do not. (The bound below is on start-up and the copy, not a timing.)"""
+    the link and a FIFO do not; a folder nested too deep is not submitted, with a message. (The
+    bound below is on start-up and the copy, not a timing.)"""
     exchange, home = tmp_path / "exchange", tmp_path / "home"
     (exchange / "bnkit" / "inbound").mkdir(parents=True)
     (exchange / "bnkit" / "outbound" / "bn_forward").mkdir(parents=True)
@@ -136,3 +146,9 @@ def test_nbgrader_submit_leaves_out_a_link_to_dev_zero(tmp_path):
     submitted, = (exchange / "bnkit" / "inbound").iterdir()
     assert sorted(p.name for p in submitted.iterdir()) == ["bn_forward.ipynb", "submission_secret.txt", "timestamp.txt"]
     assert "left out of the submission" in run.stdout + run.stderr and "data.bin" in run.stdout + run.stderr
+    # a folder nested deeper than the grader takes is not submitted, and the student is told why
+    (folder / "/".join(["d"] * 20)).mkdir(parents=True)
+    run = subprocess.run(run.args, cwd=home, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg")))
+    assert run.returncode != 0 and "nested more than 16 deep" in run.stdout + run.stderr, run.stdout + run.stderr
+    assert len(list((exchange / "bnkit" / "inbound").iterdir())) == 1
