@@ -100,6 +100,9 @@ def clean_output(msg_type, content):
         data, metadata = content.get("data"), content.get("metadata", {})
         if not isinstance(data, dict) or not isinstance(metadata, dict):
             return None
+        # `filenames` is nbconvert's own key (ExtractOutputPreprocessor): its templates make it an <img src>,
+        # a request from the reader's browser to wherever the kernel said (the formgrader's /logout, say)
+        metadata = {k: v for k, v in metadata.items() if k != "filenames"}
         clean = {}
         for mime, value in data.items():
             if not isinstance(mime, str) or len(mime) > 100 or "/" not in mime:

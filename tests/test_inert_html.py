@@ -81,6 +81,9 @@ OUTPUT_PAYLOADS = [
 ]
 OUTPUTS = "from IPython.display import display, HTML\n" + "".join(
     f"display(HTML({v!r}))\n" if how == "html" else f"display({v!r}, raw=True)\n" for how, v in OUTPUT_PAYLOADS
+) + (  # an image whose metadata names a file: nbconvert's templates would load that path, same-origin
+    "display({'image/png': 'iVBORw0KGgo=', 'text/plain': 'an image'}, raw=True,\n"
+    "        metadata={'filenames': {'image/png': '/pwned-filenames.png'}})\n"
 ) + "print('outputs displayed')\n"
 
 
