@@ -237,6 +237,12 @@ def check_submissions(course, assignment):
     wanted = [c["metadata"]["nbgrader"]["grade_id"] for c in release["cells"]
               if c["metadata"].get("nbgrader", {}).get("solution") or c["metadata"].get("nbgrader", {}).get("grade")]
     problems = []
+    for folder in sorted(course.glob(f"submitted/*/{assignment}")):
+        if not (folder / f"{assignment}.ipynb").exists():
+            renamed = submission_file.renamed_notebook(folder, [f"{assignment}.ipynb"])
+            problems.append((folder.parts[-2], f"no {assignment}.ipynb: " + (
+                f"its one notebook, {sandbox_files.shown(renamed[0])}, is graded as {assignment}.ipynb (a copy is "
+                "placed beside it)" if renamed else "nothing to grade (no notebook, or several of other names)")))
     for path in sorted(course.glob(f"submitted/*/{assignment}/{assignment}.ipynb")):
         student = path.parts[-3]
         skip, refuse = submission_file.unsafe_entries(path.parent)

@@ -9,7 +9,7 @@
 - `submission_refusals`: the same test on nbgrader's submitted/ directory:
   nbgrader's own copy into autograded/ follows links, so a link or hard link
   there would arrive in autograded/ as an ordinary file.
-- `listing`: those names for a log line, a name with control or invisible
+- `listing` / `shown`: those names for a log line, a name with control or invisible
   characters quoted (a file name is the student's text in the instructor's
   terminal: an escape sequence could clear it or forge a log line).
 - `read_results`: the bounded result files, read from the live sandbox.
@@ -28,9 +28,14 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
+def shown(name):
+    """A student's file name for a log line: as it is when printable, else quoted with escapes."""
+    return name if name.isprintable() else ascii(name)
+
+
 def listing(entries, limit=20):
-    """'name (why); ...' for [(relative path, why)], the first `limit`, each name printable as it is or quoted."""
-    return "; ".join(f"{rel if rel.isprintable() else ascii(rel)} ({why})" for rel, why in list(entries)[:limit])
+    """'name (why); ...' for [(relative path, why)], the first `limit`, each name `shown`."""
+    return "; ".join(f"{shown(rel)} ({why})" for rel, why in list(entries)[:limit])
 
 
 def _kind(st, hard_links_ok=False):

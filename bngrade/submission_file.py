@@ -27,7 +27,10 @@ which runs before any notebook is read (`guard_assignment_copy`): a
 symbolic link, FIFO, socket or device anywhere in the submission is left
 out (and the log says so); more than 2000 entries or more than 256 MiB of
 files, or directories nested more than 16 deep, refuse the submission, as
-that student's error, before anything is copied.
+that student's error, before anything is copied. And a submission whose
+only notebook has another name than the released one (a browser's
+"bn_forward (1).ipynb") has it graded under the released name, from a copy
+placed beside it: nbgrader would skip it as unknown and grade nothing.
 """
 import glob
 import json
@@ -40,7 +43,7 @@ from nbconvert.exporters import NotebookExporter
 from nbconvert.exporters.exporter import ResourcesDict
 from traitlets import Integer
 
-from .sandbox_files import listing
+from .sandbox_files import listing, shown
 
 MAX_NOTEBOOK_MB = 32  # a released notebook is ~50 KB; answers with pasted images stay far below
 MAX_CELLS = 1000  # a released notebook has 12-14 cells; 200,000 empty cells (11 MiB) held a worker 6.7 min
@@ -163,6 +166,28 @@ def unsafe_entries(directory, max_entries=MAX_ENTRIES, max_total_mb=MAX_TOTAL_MB
     return skip, None
 
 
+def renamed_notebook(directory, expected):
+    """(found, expected name) when `directory` lacks one of the notebook names in `expected` and holds
+    exactly one notebook of another name, which is then that notebook saved under another name
+    ("bn_forward (1).ipynb" from a browser's download, "bn_forward-Copy1.ipynb" from Jupyter's
+    Duplicate): an accident the grader can repair. Else None (nothing missing, or no single candidate)."""
+    names = [n for n in os.listdir(directory) if n.endswith(".ipynb") and not n.startswith(".")]
+    missing = sorted(set(expected) - set(names))
+    others = [n for n in names if n not in expected]
+    if len(missing) == 1 and len(others) == 1:
+        return others[0], missing[0]
+    return None
+
+
+def place_renamed_notebook(directory, found, name):
+    """A copy of `found`, by content, under the expected `name` beside it (the student's file stays).
+    nbgrader grades only notebooks of the released names, found in the submission itself."""
+    data = read_checked(os.path.join(directory, found))
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 @contextmanager
 def leaving_out(coursedir, skip, log, message):
     """nbgrader's copies (autograde's of a submission, the exchange's submit) skip the names in
@@ -193,6 +218,15 @@ def guard_assignment_copy(converter):
         skip, refuse = unsafe_entries(source) if os.path.isdir(source) else ([], None)
         if refuse:
             raise RefusedSubmission(f"{source}: not graded, nothing copied ({refuse})")
+        released = converter.coursedir.format_path(converter.coursedir.source_directory, ".", assignment_id)
+        renamed = renamed_notebook(source, [n for n in os.listdir(released) if n.endswith(".ipynb")]) \
+            if os.path.isdir(source) and os.path.isdir(released) else None
+        if renamed:
+            found, name = renamed
+            place_renamed_notebook(source, found, name)
+            converter.notebooks = sorted(converter.notebooks + [os.path.join(source, name)])
+            converter.log.warning("bngrade: %s: no %s, one notebook of another name: %s is graded as %s (a copy "
+                                  "beside it)", source, name, shown(found), name)
         with leaving_out(converter.coursedir, skip, converter.log, f"bngrade: {source}: left out, not copied"):
             return copy(assignment_id, student_id)
 

@@ -83,6 +83,12 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     with open(d / "submitted" / "bigfiles" / "bn_forward" / "big.npy", "wb") as f:
         f.truncate(257 << 20)  # sparse here, but a copy would write it all
     (d / "submitted" / "deep" / "bn_forward" / "/".join(["d"] * 40)).mkdir(parents=True)  # 1900 levels: RecursionError
+    # an honest accident: the one notebook saved under another name (nbgrader skips it, grades nothing); two such
+    # notebooks are not guessed between
+    for student, names in (("renamed", ["bn_forward (1).ipynb"]), ("two_renamed", ["a.ipynb", "b.ipynb"])):
+        (d / "submitted" / student / "bn_forward").mkdir(parents=True)
+        for name in names:
+            (d / "submitted" / student / "bn_forward" / name).write_text(course.submission(d, "bn_forward"))
     problems = {}  # make autograde says so first
     for student, why in course.check_submissions(d, "bn_forward"):
         problems.setdefault(student, []).append(why)
@@ -91,6 +97,8 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     assert {s for s, why in problems.items() if "is not" in why} == refused, problems
     assert "2 names" in problems["hardlinked"] and "2 names" in problems["zzz_control_correct"], problems
     assert "data.bin (a symbolic link)" in problems["devzero"] and "is not" not in problems["devzero"], problems
+    assert "its one notebook, bn_forward (1).ipynb, is graded as bn_forward.ipynb" in problems["renamed"], problems
+    assert "nothing to grade" in problems["two_renamed"], problems
     # the grader's peak RSS, read by a fresh parent (this worker's own children's maxima would mix in)
     measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
@@ -109,14 +117,16 @@ def test_nbgrader_grades_the_controls_and_refuses_the_rest(tmp_path):
     for student in ("many", "bigfiles", "deep"):
         assert not list((d / "autograded" / student).rglob("*")), student
     assert sorted(p.name for p in (d / "autograded" / "devzero" / "bn_forward").iterdir()) == ["bn_forward.ipynb"]
-    assert "left out, not copied: '\\x1b[2J\\n[AutogradeApp | INFO] all good' (a symbolic link); data.bin (a symbolic " \
-           "link); pipe (not a regular file" in log
+    assert ("left out, not copied: '\\x1b[2J\\n[AutogradeApp | INFO] all good' (a symbolic link); "
+            "data.bin (a symbolic link); pipe (not a regular file") in log
     assert "\x1b[2J" not in log and "\x1b[2J" not in problems["devzero"]  # named, quoted, never written raw
     scores = {student: sum(score or 0 for score, _ in grades.values())
               for student, grades in course.scores(d, "bn_forward").items()}
     assert scores["zzz_control_correct"] > scores["zzz_control_wrong"] == scores["aaa_control_wrong"] > 0, scores
     assert scores["hardlinked"] == scores["zzz_control_correct"]  # a copy, graded as one (and reported above)
     assert scores["devzero"] == scores["zzz_control_correct"]  # what was left out cost nothing
+    assert scores["renamed"] == scores["zzz_control_correct"] and not scores["two_renamed"], scores
+    assert "bn_forward (1).ipynb is graded as bn_forward.ipynb" in log
     assert not refused & {s for s, v in scores.items() if v}, scores
     print(f"autograde of the class: peak RSS {peak_mib:.0f} MiB")
     assert peak_mib < 1024, peak_mib
