@@ -145,9 +145,16 @@ def unsafe_entries(directory, max_entries=MAX_ENTRIES, max_total_mb=MAX_TOTAL_MB
     stack = [(directory, 1)]
     while stack:
         here, depth = stack.pop()
-        for name in sorted(os.listdir(here)):
+        try:
+            names = sorted(os.listdir(here))
+        except OSError as e:
+            return skip, f"{shown(os.path.relpath(here, directory))} could not be read ({e.strerror})"
+        for name in names:
             path = os.path.join(here, name)
-            st = os.lstat(path)
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                return skip, f"{shown(os.path.relpath(path, directory))} could not be read ({e.strerror})"
             count += 1
             if count > max_entries:
                 return skip, f"more than {max_entries} files and directories"
