@@ -70,12 +70,13 @@ pdf: $(STAMP) $(MATHJAX) chromium
 
 # Two pytest-xdist workers (the 2 cores CI has), one test module per worker at a
 # time (--dist loadfile: a module-scoped fixture, e.g. a graded course, is made
-# once). The book's readers take turns on one build (tests/_book.py's lock).
+# once), the longest modules first (tests/conftest.py's LONGEST_FIRST; xdist's
+# own reordering is off). The book's readers take turns on one build (tests/_book.py's lock).
 # (--dist loadgroup would be finer, but with pytest 9.2 and xdist 3.8 it ignores
 # xdist_group marks: measured.)
 TEST_WORKERS ?= 2
 test: $(STAMP) $(MATHJAX) chromium bwrap
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 # Needs neither MathJax nor chromium: the slow tests are the ones that would.
 # Two pytest-xdist workers: the 2 cores CI and the team machines have.
