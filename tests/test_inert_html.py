@@ -304,4 +304,7 @@ def test_student_tex_draws_no_link_or_pinned_box(browser, tmp_path, config):
     typeset, escapes = page.evaluate("document.querySelectorAll('mjx-container').length"), page.evaluate(MATH_ESCAPES)
     page.close()
     assert typeset == 1
-    assert escapes == 0 if config == "bngrade" else escapes > 0, escapes
+    if config == "bngrade":
+        assert escapes == 0, escapes
+    else:
+        assert escapes > 0, "MathJax's own configuration drew no link: the check would prove nothing"
