@@ -101,18 +101,17 @@ def cells_over(text, max_cells=MAX_CELLS, max_nesting=MAX_NESTING):
     lists and dicts nested deeper than a notebook's ~8 levels (nbformat, nbconvert and Python's
     json recurse: 100,000 levels, 600 KB, raised RecursionError in the grader)."""
     again = "ask the student for the answers in the released one"
+    too_deep = f"lists and dicts nested over the {max_nesting} level limit; {again}"
     try:
         nb = json.loads(text)
     except ValueError:
         return None
-    except RecursionError:
-        return f"lists and dicts nested over the {max_nesting} level limit; {again}"
+    except RecursionError:  # json itself recursed too deep: the same refusal as a measured depth
+        return too_deep
     cells = nb.get("cells") if isinstance(nb, dict) else None
     if isinstance(cells, list) and len(cells) > max_cells:
         return f"{len(cells)} cells, over the {max_cells} cell limit for a notebook; {again}"
-    if _nesting(nb) > max_nesting:
-        return f"lists and dicts nested over the {max_nesting} level limit; {again}"
-    return None
+    return too_deep if _nesting(nb) > max_nesting else None
 
 
 def check(path, max_mb=MAX_NOTEBOOK_MB, max_cells=MAX_CELLS):
